@@ -1,0 +1,231 @@
+//! Client authentication: access tokens (JWT, HS256) and the users file
+//! (argon2 password hashes) behind `POST /token`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::address::Address;
+
+#[derive(Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    iat: u64,
+}
+
+/// Why a token was refused; each is a 401 with this text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("no access token: send Authorization: Bearer <token> or ?access_token=<token>")]
+    Missing,
+    #[error("the access token has expired")]
+    Expired,
+    #[error("the access token is not valid (bad signature or format)")]
+    Invalid,
+    #[error("the access token's subject is not a valid user address")]
+    BadSubject,
+    #[error("the access token is for another domain")]
+    WrongDomain,
+}
+
+impl TokenError {
+    /// The machine-readable id in the 401 body.
+    pub fn id(&self) -> &'static str {
+        match self {
+            TokenError::Missing => "missing-token",
+            TokenError::Expired => "token-expired",
+            TokenError::Invalid => "invalid-token",
+            TokenError::BadSubject => "invalid-token",
+            TokenError::WrongDomain => "wrong-domain",
+        }
+    }
+}
+
+/// Mints and checks tokens with one domain's secret.
+pub struct Tokens {
+    domain: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Tokens {
+    pub fn new(domain: &str, secret: &str) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        // The server mints its own tokens: little clock skew to allow for.
+        validation.leeway = 5;
+        validation.validate_aud = false;
+        Tokens {
+            domain: domain.to_string(),
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+        }
+    }
+
+    /// A token for `user`, valid for `ttl`; returns it and its expiry (Unix
+    /// seconds).
+    pub fn mint(&self, user: &Address, ttl: Duration) -> (String, u64) {
+        let iat = unix_now();
+        let exp = iat + ttl.as_secs().max(1);
+        let claims = Claims {
+            sub: user.to_string(),
+            exp,
+            iat,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            // Encoding HS256 claims of plain strings and integers cannot fail.
+            .expect("HS256 encoding of plain claims");
+        (token, exp)
+    }
+
+    /// Checks a token and returns the user it names.
+    pub fn verify(&self, token: &str) -> Result<Address, TokenError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })?;
+        let user = Address::parse(&data.claims.sub).map_err(|_| TokenError::BadSubject)?;
+        if user.domain() != self.domain {
+            return Err(TokenError::WrongDomain);
+        }
+        Ok(user)
+    }
+}
+
+/// The users file: `[users]` maps a user name to its argon2 PHC hash.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsersFile {
+    #[serde(default)]
+    pub users: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    #[error("cannot read users file {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("users file {0}: {1}")]
+    Parse(String, String),
+    #[error("cannot write users file {0}: {1}")]
+    Write(String, std::io::Error),
+    #[error("user name {0:?} is not valid: 1-64 characters of a-z 0-9 . _ -")]
+    BadName(String),
+    #[error("cannot hash the password: {0}")]
+    Hash(String),
+}
+
+impl UsersFile {
+    /// Reads the file; a file that does not exist yet is empty.
+    pub fn load(path: &Path) -> Result<Self, UsersError> {
+        let shown = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| UsersError::Parse(shown, e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UsersFile::default()),
+            Err(e) => Err(UsersError::Read(shown, e)),
+        }
+    }
+
+    /// Adds or replaces a user, hashing the password with argon2id.
+    pub fn set(&mut self, name: &str, password: &str) -> Result<(), UsersError> {
+        use argon2::password_hash::PasswordHasher;
+        let name = name.to_ascii_lowercase();
+        if Address::parse(&format!("{name}@localhost")).is_err() {
+            return Err(UsersError::BadName(name));
+        }
+        let hash = argon2::Argon2::default()
+            .hash_password(password.as_bytes())
+            .map_err(|e| UsersError::Hash(e.to_string()))?
+            .to_string();
+        self.users.insert(name, hash);
+        Ok(())
+    }
+
+    /// Writes the file atomically (temporary file, then rename).
+    pub fn save(&self, path: &Path) -> Result<(), UsersError> {
+        let shown = path.display().to_string();
+        let text =
+            toml::to_string(self).map_err(|e| UsersError::Parse(shown.clone(), e.to_string()))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| UsersError::Write(shown, e))
+    }
+
+    pub fn contains(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
+    /// Checks a password. Slow on purpose (argon2): call it off the async
+    /// threads.
+    pub fn check(&self, user: &str, password: &str) -> bool {
+        use argon2::password_hash::PasswordVerifier;
+        let Some(hash) = self.users.get(user) else {
+            return false;
+        };
+        let Ok(parsed) = argon2::password_hash::phc::PasswordHash::new(hash) else {
+            return false;
+        };
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_refusals() {
+        let t = Tokens::new("a.test", "0123456789abcdef0123456789abcdef");
+        let alice = Address::parse("alice@a.test").unwrap();
+        let (tok, exp) = t.mint(&alice, Duration::from_secs(60));
+        assert!(exp > unix_now());
+        assert_eq!(t.verify(&tok).unwrap(), alice);
+
+        let other = Tokens::new("a.test", "another-secret-another-secret-xx");
+        assert_eq!(other.verify(&tok), Err(TokenError::Invalid));
+        assert_eq!(t.verify("garbage"), Err(TokenError::Invalid));
+
+        let b = Tokens::new("b.test", "0123456789abcdef0123456789abcdef");
+        assert_eq!(b.verify(&tok), Err(TokenError::WrongDomain));
+
+        let claims = Claims {
+            sub: "alice@a.test".into(),
+            exp: unix_now() - 100,
+            iat: unix_now() - 200,
+        };
+        let old =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &t.encoding).unwrap();
+        assert_eq!(t.verify(&old), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn users_file_round_trip() {
+        let dir = std::env::temp_dir().join(format!("wspd-users-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("users.toml");
+        let mut f = UsersFile::load(&path).unwrap();
+        f.set("Alice", "correct horse").unwrap();
+        f.save(&path).unwrap();
+        let f = UsersFile::load(&path).unwrap();
+        assert!(f.contains("alice"));
+        assert!(f.check("alice", "correct horse"));
+        assert!(!f.check("alice", "wrong"));
+        assert!(!f.check("bob", "correct horse"));
+        assert!(UsersFile::default().set("bad name", "x").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,373 @@
+//! Configuration: TOML text becomes a validated [`Config`] once, at start.
+//!
+//! Unknown keys and bad values are errors that name the key. Paths in the
+//! file are relative to the file's own folder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::address::normalize_domain;
+
+/// The configuration compiled into the binary (the repository's
+/// `config.toml`), used when no file is given and none is found.
+pub const EMBEDDED: &str = include_str!("../config.toml");
+
+/// The shipped development secret. The server refuses it on any address
+/// other than loopback.
+pub const DEV_SECRET: &str = "wspd-development-secret-do-not-use-in-production";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The domain this server hosts, lowercase.
+    pub domain: String,
+    pub listen: SocketAddr,
+    pub auth: Auth,
+    pub tls: Option<Tls>,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub secret: String,
+    pub token_ttl: Duration,
+    /// The users file, resolved against the config file's folder.
+    pub users: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Every bound the server keeps. See docs/operating.md.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    pub max_connections: usize,
+    pub ring_timeout: Duration,
+    pub calls_per_socket: usize,
+    pub outbox_frames: usize,
+    pub handshake_timeout: Duration,
+    pub keepalive_ping: Duration,
+    pub keepalive_timeout: Duration,
+    pub login_failure_delay: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 64 * 1024,
+            max_connections: 10_000,
+            ring_timeout: Duration::from_secs(60),
+            calls_per_socket: 32,
+            outbox_frames: 256,
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_ping: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(45),
+            login_failure_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    domain: String,
+    listen: String,
+    auth: RawAuth,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    secret: String,
+    token_ttl: Option<ConfDuration>,
+    users: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_frame_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    ring_timeout: Option<ConfDuration>,
+    calls_per_socket: Option<usize>,
+    outbox_frames: Option<usize>,
+    handshake_timeout: Option<ConfDuration>,
+    keepalive_ping: Option<ConfDuration>,
+    keepalive_timeout: Option<ConfDuration>,
+    login_failure_delay: Option<ConfDuration>,
+}
+
+/// A duration written as whole seconds (`60`) or with a unit
+/// (`"500ms"`, `"60s"`, `"5m"`, `"12h"`).
+#[derive(Debug, Clone, Copy)]
+struct ConfDuration(Duration);
+
+impl<'de> Deserialize<'de> for ConfDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Secs(u64),
+            Text(String),
+        }
+        match Either::deserialize(d)? {
+            Either::Secs(s) => Ok(ConfDuration(Duration::from_secs(s))),
+            Either::Text(t) => parse_duration(&t).map(ConfDuration).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {t:?}: write a number with ms, s, m or h, like \"60s\""
+                ))
+            }),
+        }
+    }
+}
+
+fn parse_duration(t: &str) -> Option<Duration> {
+    let t = t.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
+        _ => None,
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base)
+    }
+
+    /// The embedded default, paths relative to the working directory.
+    pub fn embedded() -> Config {
+        // The embedded file is tested below; it always parses.
+        Config::parse(EMBEDDED, Path::new(".")).expect("the embedded config.toml is valid")
+    }
+
+    /// Parses TOML text; relative paths are taken from `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let domain = normalize_domain(&raw.domain)
+            .ok_or_else(|| invalid("domain", format!("{:?} is not a domain name", raw.domain)))?;
+        let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!(
+                    "{:?} is not an address:port such as 127.0.0.1:8080",
+                    raw.listen
+                ),
+            )
+        })?;
+
+        let secret = raw.auth.secret;
+        if secret.len() < 32 {
+            return Err(invalid("auth.secret", "must be at least 32 bytes"));
+        }
+        if secret == DEV_SECRET && !listen.ip().is_loopback() {
+            return Err(invalid(
+                "auth.secret",
+                format!(
+                    "this is the published development secret; refusing to use it on {listen}, \
+                     which is not a loopback address. Set a secret of your own."
+                ),
+            ));
+        }
+        let token_ttl = raw
+            .auth
+            .token_ttl
+            .map_or(Duration::from_secs(12 * 3600), |d| d.0);
+        if token_ttl.is_zero() {
+            return Err(invalid("auth.token_ttl", "must be more than zero"));
+        }
+        let auth = Auth {
+            secret,
+            token_ttl,
+            users: raw.auth.users.map(|p| base.join(p)),
+        };
+        let tls = raw.tls.map(|t| Tls {
+            cert: base.join(t.cert),
+            key: base.join(t.key),
+        });
+
+        let d = Limits::default();
+        let l = raw.limits;
+        let limits = Limits {
+            max_frame_bytes: l.max_frame_bytes.unwrap_or(d.max_frame_bytes),
+            max_connections: l.max_connections.unwrap_or(d.max_connections),
+            ring_timeout: l.ring_timeout.map_or(d.ring_timeout, |x| x.0),
+            calls_per_socket: l.calls_per_socket.unwrap_or(d.calls_per_socket),
+            outbox_frames: l.outbox_frames.unwrap_or(d.outbox_frames),
+            handshake_timeout: l.handshake_timeout.map_or(d.handshake_timeout, |x| x.0),
+            keepalive_ping: l.keepalive_ping.map_or(d.keepalive_ping, |x| x.0),
+            keepalive_timeout: l.keepalive_timeout.map_or(d.keepalive_timeout, |x| x.0),
+            login_failure_delay: l.login_failure_delay.map_or(d.login_failure_delay, |x| x.0),
+        };
+        if !(1024..=16 * 1024 * 1024).contains(&limits.max_frame_bytes) {
+            return Err(invalid(
+                "limits.max_frame_bytes",
+                "must be 1024 to 16777216",
+            ));
+        }
+        for (key, v) in [
+            ("limits.max_connections", limits.max_connections),
+            ("limits.calls_per_socket", limits.calls_per_socket),
+            ("limits.outbox_frames", limits.outbox_frames),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        for (key, v) in [
+            ("limits.ring_timeout", limits.ring_timeout),
+            ("limits.handshake_timeout", limits.handshake_timeout),
+            ("limits.keepalive_ping", limits.keepalive_ping),
+        ] {
+            if v.is_zero() {
+                return Err(invalid(key, "must be more than zero"));
+            }
+        }
+        if limits.keepalive_timeout <= limits.keepalive_ping {
+            return Err(invalid(
+                "limits.keepalive_timeout",
+                "must be longer than limits.keepalive_ping",
+            ));
+        }
+        Ok(Config {
+            domain,
+            listen,
+            auth,
+            tls,
+            limits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+domain = "Example.COM"
+listen = "127.0.0.1:0"
+[auth]
+secret = "0123456789abcdef0123456789abcdef"
+"#;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, Path::new("/etc/wspd"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded();
+        assert_eq!(c.domain, "localhost");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.limits.max_frame_bytes, 65536);
+        assert_eq!(c.limits.ring_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn defaults_and_paths() {
+        let c = Config::parse(
+            &format!("{MIN}users = \"users.toml\"\n[tls]\ncert = \"c.pem\"\nkey = \"/k.pem\"\n"),
+            Path::new("/etc/wspd"),
+        )
+        .unwrap();
+        assert_eq!(c.domain, "example.com");
+        assert_eq!(c.auth.users.unwrap(), Path::new("/etc/wspd/users.toml"));
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, Path::new("/etc/wspd/c.pem"));
+        assert_eq!(tls.key, Path::new("/k.pem"));
+        assert_eq!(c.limits.keepalive_timeout, Duration::from_secs(45));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err(&format!("{MIN}colour = 1\n")).contains("colour"));
+        assert!(err(&format!("{MIN}[limits]\nmax_frams_bytes = 1\n")).contains("max_frams_bytes"));
+        assert!(
+            err(&format!("{MIN}[limits]\nmax_frame_bytes = 10\n"))
+                .contains("limits.max_frame_bytes")
+        );
+        assert!(err(&format!("{MIN}[limits]\nring_timeout = \"soon\"\n")).contains("ring_timeout"));
+        assert!(err(&format!("{MIN}[limits]\nmax_connections = -1\n")).contains("max_connections"));
+        assert!(
+            err(&format!("{MIN}[limits]\nkeepalive_timeout = 5\n")).contains("keepalive_timeout")
+        );
+        assert!(err(&MIN.replace("Example.COM", "not a domain")).contains("domain"));
+        assert!(err(&MIN.replace("127.0.0.1:0", "nowhere")).contains("listen"));
+        assert!(
+            err(&MIN.replace("0123456789abcdef0123456789abcdef", "short")).contains("auth.secret")
+        );
+    }
+
+    #[test]
+    fn development_secret_only_on_loopback() {
+        let dev = MIN.replace("0123456789abcdef0123456789abcdef", DEV_SECRET);
+        assert!(Config::parse(&dev, Path::new(".")).is_ok());
+        assert!(Config::parse(&dev.replace("127.0.0.1:0", "[::1]:0"), Path::new(".")).is_ok());
+        let e = err(&dev.replace("127.0.0.1:0", "0.0.0.0:8080"));
+        assert!(
+            e.contains("auth.secret") && e.contains("development"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("60s"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("12h"), Some(Duration::from_secs(43200)));
+        assert_eq!(parse_duration("12"), None);
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("5d"), None);
+    }
+}

@@ -1,0 +1,492 @@
+//! The wire format: WSP frames `[keyword, content, options]` as JSON text.
+//!
+//! This is the only module that knows JSON. Inbound frames are decoded into
+//! [`Inbound`], whose content is validated for its keyword but kept as the
+//! raw JSON text the client sent, so SDP and candidates are relayed byte for
+//! byte. Outbound frames are assembled from that raw text plus the call id.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::address::CallId;
+
+/// The six keywords of WSP 1.0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Keyword {
+    Invite,
+    Ringing,
+    Offer,
+    Answer,
+    IceCandidate,
+    Bye,
+}
+
+impl Keyword {
+    pub const ALL: [Keyword; 6] = [
+        Keyword::Invite,
+        Keyword::Ringing,
+        Keyword::Offer,
+        Keyword::Answer,
+        Keyword::IceCandidate,
+        Keyword::Bye,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Keyword::Invite => "invite",
+            Keyword::Ringing => "ringing",
+            Keyword::Offer => "offer",
+            Keyword::Answer => "answer",
+            Keyword::IceCandidate => "icecandidate",
+            Keyword::Bye => "bye",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Keyword::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// Why an inbound frame was refused. Every variant closes the socket; the
+/// text becomes the close reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame is not valid JSON")]
+    NotJson,
+    #[error("frame must be a JSON array [keyword, content, options]")]
+    NotArray,
+    #[error("unknown keyword {0:?}")]
+    UnknownKeyword(String),
+    #[error("bad {keyword} content: {reason}")]
+    Content {
+        keyword: &'static str,
+        reason: String,
+    },
+    #[error("bad options: {0}")]
+    Options(String),
+}
+
+impl FrameError {
+    /// The WebSocket close code for this error: 1007 when the text is not
+    /// JSON at all, 1002 (protocol error) when it is JSON of the wrong shape.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            FrameError::NotJson => 1007,
+            _ => 1002,
+        }
+    }
+}
+
+/// A decoded, validated inbound frame. Borrows the message text.
+#[derive(Debug)]
+pub struct Inbound<'a> {
+    pub keyword: Keyword,
+    /// `options.call`, when the client gave it.
+    pub call: Option<CallId>,
+    pub body: Body<'a>,
+}
+
+/// The content of an inbound frame, checked for its keyword.
+#[derive(Debug)]
+pub enum Body<'a> {
+    Invite(Invite<'a>),
+    /// `ringing`: no content.
+    Empty,
+    /// `offer`, `answer`, `icecandidate`: checked, relayed verbatim.
+    Raw(&'a str),
+    Bye(Bye<'a>),
+}
+
+#[derive(Debug)]
+pub struct Invite<'a> {
+    pub caller_uri: Cow<'a, str>,
+    pub callee_uri: Cow<'a, str>,
+    /// The invitation as the caller wrote it, relayed verbatim.
+    pub raw: &'a str,
+}
+
+#[derive(Debug)]
+pub struct Bye<'a> {
+    pub code: u16,
+    pub raw: &'a str,
+}
+
+impl Body<'_> {
+    /// The raw JSON text to relay, `None` for no content.
+    pub fn raw(&self) -> Option<&str> {
+        match self {
+            Body::Invite(i) => Some(i.raw),
+            Body::Empty => None,
+            Body::Raw(r) => Some(r),
+            Body::Bye(b) => Some(b.raw),
+        }
+    }
+
+    pub fn bye_code(&self) -> Option<u16> {
+        match self {
+            Body::Bye(b) => Some(b.code),
+            _ => None,
+        }
+    }
+}
+
+/// The top-level array, element by element, without copying.
+struct RawFrame<'a> {
+    keyword: &'a RawValue,
+    content: Option<&'a RawValue>,
+    options: Option<&'a RawValue>,
+}
+
+impl<'de> Deserialize<'de> for RawFrame<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawFrame<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of 1 to 3 elements")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let keyword = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let content = seq.next_element()?;
+                let options = seq.next_element()?;
+                if seq.next_element::<IgnoredAny>()?.is_some() {
+                    return Err(de::Error::invalid_length(4, &self));
+                }
+                Ok(RawFrame {
+                    keyword,
+                    content,
+                    options,
+                })
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// Accepts any JSON string without keeping it.
+struct AnyString;
+
+impl<'de> Deserialize<'de> for AnyString {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = AnyString;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<AnyString, E> {
+                Ok(AnyString)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct PartyWire<'a> {
+    #[serde(borrow)]
+    uri: Cow<'a, str>,
+    #[allow(dead_code)] // checked for its type only
+    name: Option<AnyString>,
+}
+
+#[derive(Deserialize)]
+struct InviteWire<'a> {
+    #[serde(borrow)]
+    caller: PartyWire<'a>,
+    #[serde(borrow)]
+    callee: PartyWire<'a>,
+}
+
+#[derive(Deserialize)]
+struct DescriptionWire<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[allow(dead_code)]
+    sdp: AnyString,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)] // checked for the types of its fields only
+struct CandidateWire {
+    candidate: Option<AnyString>,
+    #[serde(rename = "sdpMid")]
+    sdp_mid: Option<AnyString>,
+    #[serde(rename = "sdpMLineIndex")]
+    sdp_m_line_index: Option<u16>,
+    #[serde(rename = "usernameFragment")]
+    username_fragment: Option<AnyString>,
+}
+
+#[derive(Deserialize)]
+struct ByeWire {
+    code: u16,
+    #[allow(dead_code)]
+    description: Option<AnyString>,
+}
+
+#[derive(Deserialize)]
+struct OptionsWire<'a> {
+    #[serde(borrow)]
+    call: Option<Cow<'a, str>>,
+}
+
+fn is_null(v: Option<&RawValue>) -> bool {
+    v.is_none_or(|v| v.get() == "null")
+}
+
+/// Decodes and validates one text message.
+pub fn decode(text: &str) -> Result<Inbound<'_>, FrameError> {
+    let raw: RawFrame = serde_json::from_str(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => FrameError::NotArray,
+        _ => FrameError::NotJson,
+    })?;
+    let keyword: Cow<str> = serde_json::from_str(raw.keyword.get())
+        .map_err(|_| FrameError::UnknownKeyword(truncate(raw.keyword.get(), 32)))?;
+    let keyword = Keyword::parse(&keyword)
+        .ok_or_else(|| FrameError::UnknownKeyword(truncate(&keyword, 32)))?;
+
+    let call = if is_null(raw.options) {
+        None
+    } else {
+        let opts: OptionsWire = serde_json::from_str(raw.options.map_or("null", RawValue::get))
+            .map_err(|e| FrameError::Options(short(&e)))?;
+        match opts.call {
+            None => None,
+            Some(c) => Some(CallId::parse(&c).ok_or_else(|| {
+                FrameError::Options("call must be 8-64 characters of A-Z a-z 0-9 _ -".into())
+            })?),
+        }
+    };
+
+    let content = raw.content.filter(|c| c.get() != "null").map(RawValue::get);
+    let bad = |reason: String| FrameError::Content {
+        keyword: keyword.as_str(),
+        reason,
+    };
+    let missing = || bad("content is required".into());
+    let body = match keyword {
+        Keyword::Invite => {
+            let raw = content.ok_or_else(missing)?;
+            let w: InviteWire = serde_json::from_str(raw).map_err(|e| bad(short(&e)))?;
+            Body::Invite(Invite {
+                caller_uri: w.caller.uri,
+                callee_uri: w.callee.uri,
+                raw,
+            })
+        }
+        Keyword::Ringing => {
+            if let Some(c) = content
+                && !c.starts_with('{')
+            {
+                return Err(bad("must be absent, null or an object".into()));
+            }
+            Body::Empty
+        }
+        Keyword::Offer | Keyword::Answer => {
+            let raw = content.ok_or_else(missing)?;
+            let w: DescriptionWire = serde_json::from_str(raw).map_err(|e| bad(short(&e)))?;
+            let ok = match keyword {
+                Keyword::Offer => w.kind == "offer",
+                _ => w.kind == "answer" || w.kind == "pranswer",
+            };
+            if !ok {
+                return Err(bad(format!(
+                    "type {:?} does not fit",
+                    truncate(&w.kind, 16)
+                )));
+            }
+            Body::Raw(raw)
+        }
+        Keyword::IceCandidate => match content {
+            // null is end-of-candidates, relayed as such.
+            None => Body::Raw("null"),
+            Some(raw) => {
+                let _: CandidateWire = serde_json::from_str(raw).map_err(|e| bad(short(&e)))?;
+                Body::Raw(raw)
+            }
+        },
+        Keyword::Bye => {
+            let raw = content.ok_or_else(missing)?;
+            let w: ByeWire = serde_json::from_str(raw).map_err(|e| bad(short(&e)))?;
+            if !(100..=699).contains(&w.code) {
+                return Err(bad("code must be 100-699".into()));
+            }
+            Body::Bye(Bye { code: w.code, raw })
+        }
+    };
+    Ok(Inbound {
+        keyword,
+        call,
+        body,
+    })
+}
+
+fn short(e: &serde_json::Error) -> String {
+    // serde_json appends " at line 1 column N"; the column is useful, keep it.
+    truncate(&e.to_string(), 100)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// Builds an outbound frame `[keyword, content, {"call": id}]` from raw
+/// content text. One allocation.
+pub fn encode(keyword: Keyword, content: Option<&str>, call: &CallId) -> Utf8Bytes {
+    let content = content.unwrap_or("null");
+    let kw = keyword.as_str();
+    let id = call.as_str();
+    let mut s = String::with_capacity(kw.len() + content.len() + id.len() + 20);
+    s.push_str("[\"");
+    s.push_str(kw);
+    s.push_str("\",");
+    s.push_str(content);
+    // Call ids are restricted to [A-Za-z0-9_-]: nothing to escape.
+    s.push_str(",{\"call\":\"");
+    s.push_str(id);
+    s.push_str("\"}]");
+    Utf8Bytes::from(s)
+}
+
+/// Builds a server-generated `bye`. Without a call id (a frame that named
+/// no call, on a socket where none could be implied) it has no options.
+pub fn encode_bye(code: u16, description: &str, call: Option<&CallId>) -> Utf8Bytes {
+    let content = serde_json::json!({ "code": code, "description": description }).to_string();
+    match call {
+        Some(call) => encode(Keyword::Bye, Some(&content), call),
+        None => Utf8Bytes::from(format!("[\"bye\",{content}]")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> FrameError {
+        decode(text).unwrap_err()
+    }
+
+    #[test]
+    fn decodes_an_invite_and_keeps_it_verbatim() {
+        let text = r#"["invite",{"caller":{"uri":"alice@a.test","name":"Alice"},"callee":{"uri":"bob@b.test"}},{"call":"abcdefgh"}]"#;
+        let f = decode(text).unwrap();
+        assert_eq!(f.keyword, Keyword::Invite);
+        assert_eq!(f.call.unwrap().as_str(), "abcdefgh");
+        match f.body {
+            Body::Invite(i) => {
+                assert_eq!(i.caller_uri, "alice@a.test");
+                assert_eq!(i.callee_uri, "bob@b.test");
+                assert!(i.raw.starts_with("{\"caller\""));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn content_and_options_may_be_left_out_or_null() {
+        assert!(matches!(
+            decode(r#"["ringing"]"#).unwrap().body,
+            Body::Empty
+        ));
+        assert!(decode(r#"["ringing",null,null]"#).unwrap().call.is_none());
+        assert!(matches!(
+            decode(r#"["icecandidate",null]"#).unwrap().body,
+            Body::Raw("null")
+        ));
+    }
+
+    #[test]
+    fn sdp_passes_through_unmodified() {
+        let sdp = r#"{"type":"offer","sdp":"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n\u00e9"}"#;
+        let text = format!(r#"["offer",{sdp}]"#);
+        let f = decode(&text).unwrap();
+        assert_eq!(f.body.raw(), Some(sdp));
+        let out = encode(f.keyword, f.body.raw(), &CallId::parse("abcdefgh").unwrap());
+        assert_eq!(
+            out.as_str(),
+            format!(r#"["offer",{sdp},{{"call":"abcdefgh"}}]"#)
+        );
+        let v: serde_json::Value = serde_json::from_str(out.as_str()).unwrap();
+        assert_eq!(v[2]["call"], "abcdefgh");
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(err("not json"), FrameError::NotJson);
+        assert_eq!(err("[\"bye\""), FrameError::NotJson);
+        assert_eq!(err("{}"), FrameError::NotArray);
+        assert_eq!(err("[]"), FrameError::NotArray);
+        assert_eq!(err("[1,2,3,4]"), FrameError::NotArray);
+        assert_eq!(
+            err("[\"hello\"]"),
+            FrameError::UnknownKeyword("hello".into())
+        );
+        assert!(matches!(err("[42]"), FrameError::UnknownKeyword(_)));
+        assert!(matches!(err("[\"invite\"]"), FrameError::Content { .. }));
+        assert!(matches!(
+            err(r#"["invite",{"caller":{"uri":1},"callee":{"uri":"b@b"}}]"#),
+            FrameError::Content { .. }
+        ));
+        assert!(matches!(
+            err(r#"["offer",{"type":"answer","sdp":""}]"#),
+            FrameError::Content { .. }
+        ));
+        assert!(matches!(
+            err(r#"["offer","sdp"]"#),
+            FrameError::Content { .. }
+        ));
+        assert!(matches!(
+            err(r#"["icecandidate",{"sdpMLineIndex":"x"}]"#),
+            FrameError::Content { .. }
+        ));
+        assert!(matches!(
+            err(r#"["bye",{"code":99}]"#),
+            FrameError::Content { .. }
+        ));
+        assert!(matches!(err(r#"["bye",{}]"#), FrameError::Content { .. }));
+        assert!(matches!(
+            err(r#"["ringing",5]"#),
+            FrameError::Content { .. }
+        ));
+        assert!(matches!(
+            err(r#"["ringing",null,[]]"#),
+            FrameError::Options(_)
+        ));
+        assert!(matches!(
+            err(r#"["ringing",null,{"call":"short"}]"#),
+            FrameError::Options(_)
+        ));
+        assert_eq!(FrameError::NotJson.close_code(), 1007);
+        assert_eq!(FrameError::NotArray.close_code(), 1002);
+    }
+
+    #[test]
+    fn server_bye_is_json() {
+        let b = encode_bye(
+            487,
+            "Cancelled \"now\"",
+            Some(&CallId::parse("abcdefgh").unwrap()),
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(encode_bye(481, "x", None).as_str()).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 2);
+        let v: serde_json::Value = serde_json::from_str(b.as_str()).unwrap();
+        assert_eq!(v[0], "bye");
+        assert_eq!(v[1]["code"], 487);
+        assert_eq!(v[1]["description"], "Cancelled \"now\"");
+    }
+}

@@ -1,0 +1,177 @@
+//! wspd: a federated WebRTC signalling server speaking WSP 1.0.
+//!
+//! Module map (see docs/ARCHITECTURE.md for the invariants):
+//! - [`config`]: TOML -> validated [`config::Config`];
+//! - [`address`]: user addresses and call ids;
+//! - [`frame`]: the only module that knows JSON (wire frames <-> typed);
+//! - [`call`]: the call state machine, sans-IO;
+//! - [`router`]: who is where, and the driver of the call machines;
+//! - [`session`]: one client socket;
+//! - [`server`]: listener, TLS, HTTP routes, authenticated upgrade;
+//! - [`auth`]: access tokens and the users file;
+//! - [`metrics`]: Prometheus exposition.
+
+pub mod address;
+pub mod auth;
+pub mod call;
+pub mod config;
+pub mod frame;
+pub mod metrics;
+pub mod router;
+pub mod server;
+pub mod session;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::auth::{Tokens, UsersError, UsersFile};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::router::Router;
+
+/// Everything a connection needs, shared by all of them.
+pub struct App {
+    pub config: Config,
+    pub router: Arc<Router>,
+    pub metrics: Arc<Metrics>,
+    pub tokens: Tokens,
+    /// The users file, when `[auth] users` is set.
+    pub users: Option<Arc<UsersFile>>,
+    /// Bounds concurrent password checks.
+    pub login_gate: Semaphore,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Users(#[from] UsersError),
+    #[error("[tls]: {0}")]
+    Tls(String),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}
+
+/// A server ready to run: configuration checked, files loaded, socket bound.
+pub struct Server {
+    app: Arc<App>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+/// A server running in the background.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    /// Cancel to stop: accepting ends, sockets close with 1001.
+    pub shutdown: CancellationToken,
+    /// Ends when every connection has finished.
+    pub handle: JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `config.listen` and builds the server.
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartError::Bind(config.listen, e))?;
+        Server::build(config, listener)
+    }
+
+    /// Builds the server on a listener the caller bound (tests use port 0).
+    pub fn build(config: Config, listener: TcpListener) -> Result<Server, StartError> {
+        let users = match &config.auth.users {
+            Some(path) => Some(Arc::new(UsersFile::load(path)?)),
+            None => None,
+        };
+        let known: Option<HashSet<String>> =
+            users.as_ref().map(|u| u.users.keys().cloned().collect());
+        let tls = config.tls.as_ref().map(load_tls).transpose()?;
+        let metrics = Arc::new(Metrics::new());
+        let router = Arc::new(Router::new(
+            config.domain.clone(),
+            config.limits.clone(),
+            known,
+            metrics.clone(),
+        ));
+        let app = App {
+            tokens: Tokens::new(&config.domain, &config.auth.secret),
+            config,
+            router,
+            metrics,
+            users,
+            login_gate: Semaphore::new(2),
+        };
+        Ok(Server {
+            app: Arc::new(app),
+            listener,
+            tls,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound listener always has an address.
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// Serves until `shutdown` is cancelled and every connection has closed.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tasks = TaskTracker::new();
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        info!(
+            domain = %self.app.config.domain,
+            "listening on {scheme}://{}/wsp",
+            self.local_addr()
+        );
+        server::accept_loop(self.app, self.listener, self.tls, shutdown, tasks.clone()).await;
+        tasks.close();
+        tasks.wait().await;
+        info!("stopped");
+    }
+
+    /// Runs in a background task.
+    pub fn spawn(self) -> Running {
+        let shutdown = CancellationToken::new();
+        let addr = self.local_addr();
+        let app = self.app.clone();
+        let handle = tokio::spawn(self.run(shutdown.clone()));
+        Running {
+            addr,
+            app,
+            shutdown,
+            handle,
+        }
+    }
+}
+
+fn load_tls(tls: &config::Tls) -> Result<TlsAcceptor, StartError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| StartError::Tls(format!("cert {}: {e}", tls.cert.display())))?;
+    if certs.is_empty() {
+        return Err(StartError::Tls(format!(
+            "cert {}: no certificate in it",
+            tls.cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| StartError::Tls(format!("key {}: {e}", tls.key.display())))?;
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}

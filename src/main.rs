@@ -1,0 +1,168 @@
+//! The `wspd` command: run the server, mint a token, manage users.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use wspd::address::Address;
+use wspd::auth::{Tokens, UsersFile};
+use wspd::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "wspd",
+    version,
+    about = "A federated WebRTC signalling server (WSP 1.0)"
+)]
+struct Cli {
+    /// Config file. Default: ./config.toml if it exists, else the embedded default.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print an access token for USER@DOMAIN, signed with the config's secret.
+    Token {
+        /// The user's address; its domain must be the config's domain.
+        address: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// Manage the users file named by [auth] users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add or replace a user; the password is read from standard input.
+    Add { name: String },
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None if Path::new("config.toml").exists() => Ok(Config::load(Path::new("config.toml"))?),
+        None => Ok(Config::embedded()),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wspd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    let config = load_config(cli.config.as_deref())?;
+    match cli.command {
+        None => run(config, cli.log_format),
+        Some(Command::Token { address, ttl }) => {
+            let user = Address::parse(&address).with_context(|| format!("{address:?}"))?;
+            if user.domain() != config.domain {
+                bail!(
+                    "{user} is not an address of {}, the domain of this config",
+                    config.domain
+                );
+            }
+            if ttl == 0 {
+                bail!("--ttl must be at least 1 second");
+            }
+            let (token, _) = Tokens::new(&config.domain, &config.auth.secret)
+                .mint(&user, Duration::from_secs(ttl));
+            println!("{token}");
+            Ok(())
+        }
+        Some(Command::User {
+            command: UserCommand::Add { name },
+        }) => {
+            let Some(path) = &config.auth.users else {
+                bail!("the config has no [auth] users file to add users to");
+            };
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                eprintln!("password for {name}: (input is shown; end with Enter)");
+            }
+            let mut password = String::new();
+            stdin.lock().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                bail!("empty password");
+            }
+            let mut users = UsersFile::load(path)?;
+            users.set(&name, password)?;
+            users.save(path)?;
+            eprintln!(
+                "user {} saved in {}",
+                name.to_ascii_lowercase(),
+                path.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn run(config: Config, log_format: LogFormat) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let server = wspd::Server::bind(config).await?;
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received: shutting down (a second signal exits at once)");
+            stop.cancel();
+            wait_for_signal().await;
+            std::process::exit(130);
+        });
+        server.run(shutdown).await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers, run until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,178 @@
+//! Prometheus metrics, served at `GET /metrics`.
+//!
+//! Counters on the hot path (frames by keyword, calls by outcome) are
+//! created once at start and kept as handles, so counting a frame is one
+//! atomic add. Rare events (refusals) look their counter up by label.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::call::Outcome;
+use crate::frame::Keyword;
+
+type Labels = [(&'static str, &'static str); 1];
+
+pub struct Metrics {
+    registry: Registry,
+    pub sessions: Gauge,
+    pub calls_active: Gauge,
+    calls: Vec<Counter>,
+    frames: Vec<Counter>,
+    refusals: Family<Labels, Counter>,
+    logins: Family<Labels, Counter>,
+}
+
+/// Why the server refused or closed something: `wspd_refusals_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Upgrade refused: no, bad, expired or foreign token.
+    Unauthorized,
+    /// Upgrade refused: not a valid WebSocket upgrade or wrong subprotocol.
+    BadUpgrade,
+    /// Connection refused: `limits.max_connections` reached.
+    TooManyConnections,
+    /// TLS or HTTP handshake not finished in time or failed.
+    Handshake,
+    /// Socket closed: frame not JSON (1007).
+    BadJson,
+    /// Socket closed: JSON of the wrong shape (1002).
+    BadFrame,
+    /// Socket closed: binary message (1003).
+    Binary,
+    /// Socket closed: message over `limits.max_frame_bytes` (1009).
+    TooBig,
+    /// Socket closed: its outbox was full (a reader too slow).
+    SlowReader,
+    /// Socket closed: silent past `limits.keepalive_timeout`.
+    Silent,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::BadUpgrade => "bad_upgrade",
+            Refusal::TooManyConnections => "too_many_connections",
+            Refusal::Handshake => "handshake",
+            Refusal::BadJson => "bad_json",
+            Refusal::BadFrame => "bad_frame",
+            Refusal::Binary => "binary",
+            Refusal::TooBig => "too_big",
+            Refusal::SlowReader => "slow_reader",
+            Refusal::Silent => "silent",
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("wspd");
+        let sessions = Gauge::default();
+        registry.register("sessions", "Client sockets open", sessions.clone());
+        let calls_active = Gauge::default();
+        registry.register(
+            "calls_active",
+            "Calls the server holds state for",
+            calls_active.clone(),
+        );
+
+        let calls_family = Family::<Labels, Counter>::default();
+        registry.register("calls", "Calls ended, by outcome", calls_family.clone());
+        let calls = Outcome::ALL
+            .iter()
+            .map(|o| {
+                calls_family
+                    .get_or_create(&[("outcome", o.as_str())])
+                    .clone()
+            })
+            .collect();
+
+        let frames_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "frames",
+            "Frames received from clients, by keyword",
+            frames_family.clone(),
+        );
+        let frames = Keyword::ALL
+            .iter()
+            .map(|k| {
+                frames_family
+                    .get_or_create(&[("keyword", k.as_str())])
+                    .clone()
+            })
+            .collect();
+
+        let refusals = Family::<Labels, Counter>::default();
+        registry.register(
+            "refusals",
+            "Connections and sockets refused or closed, by reason",
+            refusals.clone(),
+        );
+        let logins = Family::<Labels, Counter>::default();
+        registry.register("logins", "POST /token attempts, by result", logins.clone());
+
+        Metrics {
+            registry,
+            sessions,
+            calls_active,
+            calls,
+            frames,
+            refusals,
+            logins,
+        }
+    }
+
+    pub fn frame(&self, k: Keyword) {
+        self.frames[k as usize].inc();
+    }
+
+    pub fn call_ended(&self, o: Outcome) {
+        self.calls[o as usize].inc();
+    }
+
+    pub fn refused(&self, r: Refusal) {
+        self.refusals.get_or_create(&[("reason", r.as_str())]).inc();
+    }
+
+    pub fn login(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.logins.get_or_create(&[("result", result)]).inc();
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_documented_names() {
+        let m = Metrics::new();
+        m.frame(Keyword::IceCandidate);
+        m.call_ended(Outcome::Transferred);
+        m.refused(Refusal::TooBig);
+        m.sessions.inc();
+        let text = m.render();
+        assert!(text.contains("wspd_sessions 1"), "{text}");
+        assert!(text.contains("wspd_calls_active 0"));
+        assert!(text.contains("wspd_calls_total{outcome=\"transferred\"} 1"));
+        assert!(text.contains("wspd_frames_total{keyword=\"icecandidate\"} 1"));
+        assert!(text.contains("wspd_refusals_total{reason=\"too_big\"} 1"));
+    }
+}

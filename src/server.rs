@@ -1,0 +1,435 @@
+//! The listener: accepts connections under a limit, terminates TLS when
+//! configured, serves HTTP (hyper) and upgrades `/wsp` to a WebSocket after
+//! authenticating it.
+//!
+//! Routes: `GET /wsp`, `POST /token`, `GET /healthz`, `GET /metrics`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::App;
+use crate::address::Address;
+use crate::auth::TokenError;
+use crate::metrics::Refusal;
+use crate::session;
+
+/// The subprotocol of WSP 1.0.
+pub const SUBPROTOCOL: &str = "wsp-1.0";
+/// The largest `POST /token` body.
+const MAX_LOGIN_BODY: usize = 4096;
+/// hyper's read buffer bounds the request head.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+type Body = Full<Bytes>;
+
+/// Accepts connections until `shutdown`; every connection task is tracked.
+pub async fn accept_loop(
+    app: Arc<App>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(app.config.limits.max_connections));
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little
+                    // rather than spin.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            app.metrics.refused(Refusal::TooManyConnections);
+            debug!(%remote, "connection refused: limits.max_connections reached");
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let tls = tls.clone();
+        let shutdown = shutdown.clone();
+        let t = tasks.clone();
+        tasks.spawn(async move {
+            connection(app, tcp, remote, tls, shutdown, t).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn connection(
+    app: Arc<App>,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    match tls {
+        None => serve_http(app, tcp, remote, shutdown, tasks).await,
+        Some(acceptor) => {
+            let hs =
+                tokio::time::timeout(app.config.limits.handshake_timeout, acceptor.accept(tcp))
+                    .await;
+            match hs {
+                Ok(Ok(stream)) => serve_http(app, stream, remote, shutdown, tasks).await,
+                Ok(Err(e)) => {
+                    app.metrics.refused(Refusal::Handshake);
+                    debug!(%remote, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    app.metrics.refused(Refusal::Handshake);
+                    debug!(%remote, "TLS handshake timed out");
+                }
+            }
+        }
+    }
+}
+
+async fn serve_http<I>(
+    app: Arc<App>,
+    io: I,
+    remote: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc_app = app.clone();
+    let svc_shutdown = shutdown.clone();
+    let service = hyper::service::service_fn(move |req| {
+        route(
+            svc_app.clone(),
+            req,
+            remote,
+            svc_shutdown.clone(),
+            tasks.clone(),
+        )
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.config.limits.handshake_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                debug!(%remote, error = %e, "HTTP connection ended with an error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
+}
+
+async fn route(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path();
+    let res = match (req.method(), path) {
+        (&Method::GET, "/wsp") => upgrade(app, req, remote, shutdown, tasks),
+        (&Method::POST, "/token") => login(app, req).await,
+        (&Method::GET, "/healthz") => {
+            text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into())
+        }
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            app.metrics.render(),
+        ),
+        (_, "/wsp" | "/token" | "/healthz" | "/metrics") => json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "method not allowed here",
+        ),
+        _ => json_error(StatusCode::NOT_FOUND, "not-found", "no such endpoint"),
+    };
+    Ok(res)
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    text(status, "application/json", value.to_string())
+}
+
+/// The error body of every refusal: `{"error": id, "description": text}`.
+pub fn json_error(status: StatusCode, id: &str, description: &str) -> Response<Body> {
+    json(
+        status,
+        serde_json::json!({ "error": id, "description": description }),
+    )
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The access token from `Authorization: Bearer` or `?access_token=`.
+fn bearer_token(req: &Request<Incoming>) -> Option<String> {
+    if let Some(v) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        && let Some((scheme, token)) = v.split_once(' ')
+        && scheme.eq_ignore_ascii_case("bearer")
+    {
+        return Some(token.trim().to_string());
+    }
+    req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "access_token")
+            .map(|(_, v)| v.to_string())
+    })
+}
+
+fn upgrade(
+    app: Arc<App>,
+    mut req: Request<Incoming>,
+    remote: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) -> Response<Body> {
+    let h = req.headers();
+    let bad = |description: &str| {
+        app.metrics.refused(Refusal::BadUpgrade);
+        json_error(StatusCode::BAD_REQUEST, "bad-upgrade", description)
+    };
+    if !header_has_token(h, header::CONNECTION, "upgrade")
+        || !header_has_token(h, header::UPGRADE, "websocket")
+    {
+        return bad(
+            "/wsp is a WebSocket endpoint: send Connection: Upgrade and Upgrade: websocket",
+        );
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        let mut r = bad("only WebSocket version 13 is supported");
+        *r.status_mut() = StatusCode::UPGRADE_REQUIRED;
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return r;
+    }
+    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY) else {
+        return bad("Sec-WebSocket-Key is missing");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let offered = h.contains_key(header::SEC_WEBSOCKET_PROTOCOL);
+    if offered && !header_has_token(h, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL) {
+        return bad("unsupported subprotocol: this server speaks wsp-1.0");
+    }
+
+    let user = match bearer_token(&req)
+        .ok_or(TokenError::Missing)
+        .and_then(|t| app.tokens.verify(&t))
+    {
+        Ok(u) => u,
+        Err(e) => {
+            app.metrics.refused(Refusal::Unauthorized);
+            info!(%remote, reason = e.id(), "upgrade refused");
+            let mut r = json_error(StatusCode::UNAUTHORIZED, e.id(), &e.to_string());
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    };
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let span = info_span!("upgrade", %remote, user = %user);
+    tasks.spawn(
+        async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(ws_config(&app)),
+                    )
+                    .await;
+                    run_session(app, ws, user, shutdown).await;
+                }
+                Err(e) => debug!(error = %e, "upgrade failed"),
+            }
+        }
+        .instrument(span),
+    );
+
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if offered {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+    r
+}
+
+async fn run_session<S>(
+    app: Arc<App>,
+    ws: WebSocketStream<S>,
+    user: Address,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    session::run(
+        ws,
+        user,
+        app.router.clone(),
+        app.config.limits.clone(),
+        shutdown,
+    )
+    .await;
+}
+
+/// Buffers sized for signalling: small reads, frames bounded by the limit.
+/// tungstenite's default read buffer is 128 KiB per socket; 4 KiB grows on
+/// demand up to the frame limit for the rare large SDP.
+fn ws_config(app: &App) -> WebSocketConfig {
+    let max = app.config.limits.max_frame_bytes;
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max.saturating_mul(4).max(1 << 20))
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    user: String,
+    password: String,
+}
+
+async fn login(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let Some(users) = app.users.clone() else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "no-users-file",
+            "this server has no users file ([auth] users); tokens are minted with `wspd token`",
+        );
+    };
+    let body = match Limited::new(req.into_body(), MAX_LOGIN_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                "the request body is over 4096 bytes",
+            );
+        }
+    };
+    let Ok(login) = serde_json::from_slice::<Login>(&body) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "send JSON {\"user\": \"...\", \"password\": \"...\"}",
+        );
+    };
+    // "alice" or "alice@this.domain"
+    let name = match login.user.split_once('@') {
+        Some((name, domain)) if domain.eq_ignore_ascii_case(&app.config.domain) => name.to_string(),
+        Some(_) => String::new(),
+        None => login.user.clone(),
+    };
+    let address = Address::parse(&format!("{name}@{}", app.config.domain));
+
+    let ok = match &address {
+        Ok(a) => {
+            // argon2 is slow by design: at most two at a time, off the
+            // async threads.
+            let Ok(_permit) = app.login_gate.acquire().await else {
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting-down",
+                    "server shutting down",
+                );
+            };
+            let user = a.user().to_string();
+            tokio::task::spawn_blocking(move || users.check(&user, &login.password))
+                .await
+                .unwrap_or(false)
+        }
+        Err(_) => false,
+    };
+    app.metrics.login(ok);
+    match address {
+        Ok(a) if ok => {
+            let (token, expires) = app.tokens.mint(&a, app.config.auth.token_ttl);
+            info!(user = %a, "login");
+            json(
+                StatusCode::OK,
+                serde_json::json!({ "token": token, "expires": expires, "user": a.as_str() }),
+            )
+        }
+        _ => {
+            info!(user = %login.user.chars().take(80).collect::<String>(), "login failed");
+            tokio::time::sleep(app.config.limits.login_failure_delay).await;
+            json_error(
+                StatusCode::UNAUTHORIZED,
+                "bad-credentials",
+                "unknown user or wrong password",
+            )
+        }
+    }
+}
