@@ -1,0 +1,353 @@
+//! Test harness: real wspd servers on 127.0.0.1:0 in the test's runtime,
+//! real WebSocket clients, a tiny HTTP client for the other endpoints.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wspd::address::Address;
+use wspd::config::Config;
+use wspd::{Running, Server};
+
+pub const SECRET: &str = "test-secret-test-secret-test-secret!";
+
+/// How long a test waits for a frame before failing. Under paused time
+/// this is virtual and passes at once when nothing else is pending, so a
+/// hang fails fast there too.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn config(domain: &str, extra: &str) -> Config {
+    config_in(domain, extra, Path::new("."))
+}
+
+/// A config whose `[auth]` and `[limits]` sections are completed by `extra`
+/// (which may add keys to `[auth]` first, then other sections).
+pub fn config_in(domain: &str, extra: &str, base: &Path) -> Config {
+    let text = format!(
+        "domain = \"{domain}\"\nlisten = \"127.0.0.1:0\"\n[auth]\nsecret = \"{SECRET}\"\n{extra}\n"
+    );
+    Config::parse(&text, base).unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
+}
+
+pub struct TestServer {
+    pub running: Running,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = Server::build(config, listener).expect("server builds");
+        TestServer {
+            running: server.spawn(),
+        }
+    }
+
+    pub async fn localhost() -> TestServer {
+        Self::start(config("localhost", "")).await
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.running.addr
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        let a = Address::parse(user).unwrap();
+        self.running
+            .app
+            .tokens
+            .mint(&a, Duration::from_secs(3600))
+            .0
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/wsp", self.addr())
+    }
+
+    pub async fn connect(&self, user: &str) -> Client {
+        Client::connect(&self.url(), &self.token(user)).await
+    }
+
+    /// Fetches the metrics text.
+    pub async fn metrics(&self) -> String {
+        http(self.addr(), "GET", "/metrics", &[], "").await.2
+    }
+
+    /// One metric's value, 0 when absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        metric_value(&self.metrics().await, name)
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(self) {
+        self.running.shutdown.cancel();
+        self.running.handle.await.unwrap();
+    }
+}
+
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// A plain HTTP/1.1 request over a fresh connection; returns status,
+/// headers (lowercase names) and body.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!(
+            "Content-Length: {}\r\nContent-Type: application/json\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
+        .await
+        .expect("HTTP response in time")
+        .unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, headers, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client speaking WSP.
+pub struct Client {
+    pub ws: Ws,
+}
+
+/// What the server said when it closed a socket.
+#[derive(Debug)]
+pub struct Closed {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Client {
+    pub async fn connect(url: &str, token: &str) -> Client {
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static("wsp-1.0"),
+        );
+        req.headers_mut().insert(
+            "Authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        let (ws, resp) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("upgrade accepted");
+        assert_eq!(
+            resp.headers().get("sec-websocket-protocol").unwrap(),
+            "wsp-1.0"
+        );
+        Client { ws }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(Utf8Bytes::from(text)))
+            .await
+            .unwrap();
+    }
+
+    /// The next frame, parsed. Fails on close, timeout or non-text.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("socket open")
+                .expect("no socket error");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame as its exact text.
+    pub async fn recv_text(&mut self) -> String {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("socket open")
+                .expect("no socket error");
+            match msg {
+                Message::Text(t) => return t.as_str().to_string(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame, which must have this keyword.
+    pub async fn expect(&mut self, keyword: &str) -> Value {
+        let f = self.recv().await;
+        assert_eq!(f[0], keyword, "expected {keyword}, got {f}");
+        f
+    }
+
+    /// The next frame must be a bye with this code; returns it.
+    pub async fn expect_bye(&mut self, code: u64) -> Value {
+        let f = self.expect("bye").await;
+        assert_eq!(f[1]["code"], code, "expected bye {code}, got {f}");
+        f
+    }
+
+    /// Proves that nothing is queued for this socket: sends a frame for a
+    /// call that cannot exist and checks that the very next frame is the
+    /// server's 481 for it. Everything the server sent before the probe
+    /// would arrive first.
+    pub async fn expect_nothing(&mut self) {
+        let probe = format!("probe{}", rand_suffix());
+        self.send(json!(["ringing", null, {"call": probe}])).await;
+        let f = self.recv().await;
+        assert_eq!(
+            f[0], "bye",
+            "expected nothing before the probe's answer, got {f}"
+        );
+        assert_eq!(
+            f[1]["code"], 481,
+            "expected nothing before the probe's answer, got {f}"
+        );
+        assert_eq!(
+            f[2]["call"], probe,
+            "expected nothing before the probe's answer, got {f}"
+        );
+    }
+
+    /// Waits for the server to close the socket; returns its close frame.
+    pub async fn expect_close(&mut self) -> Closed {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a close in time");
+            match msg {
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                    return Closed {
+                        code: code.into(),
+                        reason: reason.to_string(),
+                    };
+                }
+                Some(Ok(Message::Close(None))) => panic!("close without a code"),
+                Some(Ok(Message::Text(t))) => panic!("expected a close, got {t}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("expected a close frame, got error {e}"),
+                None => panic!("socket ended without a close frame"),
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        // Read until the server answers the close.
+        let _ = tokio::time::timeout(WAIT, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{:08}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// An invite from `caller` to `callee` with call id `id`.
+pub fn invite(caller: &str, callee: &str, id: &str) -> Value {
+    json!(["invite", {"caller": {"uri": caller}, "callee": {"uri": callee}}, {"call": id}])
+}
+
+pub fn offer(id: &str) -> Value {
+    json!(["offer", {"type": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\n"}, {"call": id}])
+}
+
+pub fn answer(id: &str) -> Value {
+    json!(["answer", {"type": "answer", "sdp": "v=0\r\no=- 2 1 IN IP4 127.0.0.1\r\ns=-\r\n"}, {"call": id}])
+}
+
+pub fn candidate(id: &str, n: usize) -> Value {
+    json!(["icecandidate", {"candidate": format!("candidate:{n} 1 udp 2122260223 127.0.0.1 {} typ host", 50000 + n), "sdpMid": "0", "sdpMLineIndex": 0}, {"call": id}])
+}
+
+pub fn bye(id: &str, code: u16) -> Value {
+    json!(["bye", {"code": code}, {"call": id}])
+}
+
+/// Places a call from `a` to `b` (one device) up to the answer.
+pub async fn answered_call(a: &mut Client, b: &mut Client, caller: &str, callee: &str, id: &str) {
+    a.send(invite(caller, callee, id)).await;
+    b.expect("invite").await;
+    b.send(json!(["ringing", null, {"call": id}])).await;
+    a.expect("ringing").await;
+    b.send(offer(id)).await;
+    a.expect("offer").await;
+    a.send(answer(id)).await;
+    b.expect("answer").await;
+}
