@@ -88,10 +88,31 @@ pub enum Outcome {
     BadRequest,
     /// The server is shutting down or overloaded (503).
     Unavailable,
+    /// The callee's domain or server could not be reached or answered
+    /// wrongly (502, 504, 604).
+    Unreachable,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 13] = [
+    /// The outcome of a call that ended with this bye code before an answer.
+    pub fn from_code(code: u16) -> Outcome {
+        match code {
+            400 | 481 => Outcome::BadRequest,
+            403 => Outcome::Forbidden,
+            404 => Outcome::NotFound,
+            408 => Outcome::Timeout,
+            410 => Outcome::Gone,
+            480 => Outcome::Offline,
+            486 => Outcome::Busy,
+            487 => Outcome::Cancelled,
+            502 | 504 | 604 => Outcome::Unreachable,
+            503 => Outcome::Unavailable,
+            603 => Outcome::Declined,
+            _ => Outcome::Unanswered,
+        }
+    }
+
+    pub const ALL: [Outcome; 14] = [
         Outcome::Transferred,
         Outcome::HungUp,
         Outcome::Cancelled,
@@ -105,6 +126,7 @@ impl Outcome {
         Outcome::Forbidden,
         Outcome::BadRequest,
         Outcome::Unavailable,
+        Outcome::Unreachable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -122,6 +144,7 @@ impl Outcome {
             Outcome::Forbidden => "forbidden",
             Outcome::BadRequest => "bad_request",
             Outcome::Unavailable => "unavailable",
+            Outcome::Unreachable => "unreachable",
         }
     }
 }
@@ -332,6 +355,14 @@ impl Call {
                         out.push(Output::Detach(caller));
                         self.phase = Phase::Ended(Outcome::Declined);
                     }
+                    (Keyword::Bye, Some(code)) if devices.len() == 1 => {
+                        // The only device's answer is the call's answer, as
+                        // it said it (a remote server's 404, 480, 504...).
+                        out.push(Output::Detach(from));
+                        out.push(relay(caller, keyword, content));
+                        out.push(Output::Detach(caller));
+                        self.phase = Phase::Ended(Outcome::from_code(code));
+                    }
                     (Keyword::Bye, Some(code)) => {
                         out.push(Output::Detach(from));
                         devices[idx].state = DeviceState::Left(code);
@@ -433,7 +464,7 @@ impl Call {
     }
 
     /// A device left before answering: when none is left ringing, the caller
-    /// hears 486 if all were busy, else 480.
+    /// hears 486 if all were busy, 410 if all went away, else 480.
     fn device_left<'a>(&mut self, out: &mut Outputs<'a>) {
         let Phase::Ringing { devices, .. } = &self.phase else {
             return;
@@ -441,11 +472,14 @@ impl Call {
         if devices.iter().any(|d| d.state == DeviceState::Ringing) {
             return;
         }
-        let all_busy = devices.iter().all(|d| d.state == DeviceState::Left(486));
+        let all = |code| devices.iter().all(|d| d.state == DeviceState::Left(code));
         let caller = self.caller.peer;
-        if all_busy {
+        if all(486) {
             bye(out, caller, 486, "Busy");
             self.phase = Phase::Ended(Outcome::Busy);
+        } else if all(410) {
+            bye(out, caller, 410, "Peer went away");
+            self.phase = Phase::Ended(Outcome::Gone);
         } else {
             bye(out, caller, 480, "No device answered");
             self.phase = Phase::Ended(Outcome::Unanswered);
@@ -585,6 +619,22 @@ mod tests {
         c.handle(b(B1, 486));
         assert_eq!(byes(&c.handle(Input::Gone(B2))), [(A, 480)]);
         assert_eq!(c.outcome(), Some(Outcome::Unanswered));
+    }
+
+    #[test]
+    fn the_only_device_answers_for_the_call() {
+        let mut c = start(&[B1]);
+        let out = c.handle(b(B1, 404));
+        assert_eq!(relays(&out), [(A, Keyword::Bye)]);
+        assert_eq!(c.outcome(), Some(Outcome::NotFound));
+
+        let mut c = start(&[B1]);
+        assert_eq!(byes(&c.handle(Input::Gone(B1))), [(A, 410)]);
+        assert_eq!(c.outcome(), Some(Outcome::Gone));
+
+        let mut c = start(&[B1, B2]);
+        c.handle(Input::Gone(B1));
+        assert_eq!(byes(&c.handle(Input::Gone(B2))), [(A, 410)]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Unknown keys and bad values are errors that name the key. Paths in the
 //! file are relative to the file's own folder.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -48,6 +49,51 @@ pub struct Config {
     pub auth: Auth,
     pub tls: Option<Tls>,
     pub limits: Limits,
+    /// Present when `[federation]` is configured.
+    pub federation: Option<Federation>,
+}
+
+/// `[federation]`: calls to and from other domains.
+#[derive(Debug, Clone)]
+pub struct Federation {
+    /// The server's ed25519 link key (PKCS#8 PEM), created on first start.
+    pub key: PathBuf,
+    /// One DNS server to ask, instead of the system's.
+    pub resolver: Option<SocketAddr>,
+    /// Extra trust roots (PEM) besides the webpki roots.
+    pub ca: Option<PathBuf>,
+    /// Domains reached at a fixed `host:port`, without DNS.
+    pub peers: BTreeMap<String, HostPort>,
+    /// When not empty, only these domains federate.
+    pub allow: Vec<String>,
+    /// These domains never federate.
+    pub deny: Vec<String>,
+    /// Bound on one discovery (all its DNS queries).
+    pub lookup_timeout: Duration,
+    /// Bound on one TCP connect plus TLS handshake plus link upgrade.
+    pub connect_timeout: Duration,
+    /// A link with no calls for this long is closed.
+    pub link_idle_timeout: Duration,
+    /// How long a failed discovery is remembered.
+    pub failure_cache: Duration,
+    /// The longest backoff after failed link attempts.
+    pub backoff_max: Duration,
+}
+
+/// A `host:port` from `[federation.peers]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// A domain name or an IP address (without brackets).
+    pub host: String,
+    pub port: u16,
+}
+
+impl Federation {
+    /// Whether `domain` may federate with this server.
+    pub fn allows(&self, domain: &str) -> bool {
+        !self.deny.iter().any(|d| d == domain)
+            && (self.allow.is_empty() || self.allow.iter().any(|d| d == domain))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +149,26 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default)]
     limits: RawLimits,
+    federation: Option<RawFederation>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFederation {
+    key: Option<PathBuf>,
+    resolver: Option<String>,
+    ca: Option<PathBuf>,
+    #[serde(default)]
+    peers: BTreeMap<String, String>,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+    lookup_timeout: Option<ConfDuration>,
+    connect_timeout: Option<ConfDuration>,
+    link_idle_timeout: Option<ConfDuration>,
+    failure_cache: Option<ConfDuration>,
+    backoff_max: Option<ConfDuration>,
 }
 
 #[derive(Deserialize)]
@@ -277,14 +343,114 @@ impl Config {
                 "must be longer than limits.keepalive_ping",
             ));
         }
+        let federation = match raw.federation {
+            None => None,
+            Some(f) => {
+                if tls.is_none() {
+                    return Err(invalid(
+                        "federation",
+                        "federation needs this server's own TLS listener: set [tls] cert and key \
+                         (links are TLS, and link signatures are bound to the TLS session)",
+                    ));
+                }
+                Some(federation(f, base)?)
+            }
+        };
         Ok(Config {
             domain,
             listen,
             auth,
             tls,
             limits,
+            federation,
         })
     }
+}
+
+fn federation(f: RawFederation, base: &Path) -> Result<Federation, ConfigError> {
+    let resolver = f
+        .resolver
+        .map(|r| {
+            r.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "federation.resolver",
+                    format!("{r:?} is not an ip:port such as 127.0.0.1:53"),
+                )
+            })
+        })
+        .transpose()?;
+    let mut peers = BTreeMap::new();
+    for (domain, hp) in f.peers {
+        let d = normalize_domain(&domain).ok_or_else(|| {
+            invalid(
+                "federation.peers",
+                format!("{domain:?} is not a domain name"),
+            )
+        })?;
+        let parsed = parse_host_port(&hp).ok_or_else(|| {
+            invalid(
+                "federation.peers",
+                format!("{domain}: {hp:?} is not host:port"),
+            )
+        })?;
+        peers.insert(d, parsed);
+    }
+    let domains = |key: &'static str, list: Vec<String>| -> Result<Vec<String>, ConfigError> {
+        list.into_iter()
+            .map(|d| {
+                normalize_domain(&d)
+                    .ok_or_else(|| invalid(key, format!("{d:?} is not a domain name")))
+            })
+            .collect()
+    };
+    let fed = Federation {
+        key: base.join(f.key.unwrap_or_else(|| PathBuf::from("wspd-link.key"))),
+        resolver,
+        ca: f.ca.map(|c| base.join(c)),
+        peers,
+        allow: domains("federation.allow", f.allow)?,
+        deny: domains("federation.deny", f.deny)?,
+        lookup_timeout: f.lookup_timeout.map_or(Duration::from_secs(5), |d| d.0),
+        connect_timeout: f.connect_timeout.map_or(Duration::from_secs(5), |d| d.0),
+        link_idle_timeout: f
+            .link_idle_timeout
+            .map_or(Duration::from_secs(300), |d| d.0),
+        failure_cache: f.failure_cache.map_or(Duration::from_secs(5), |d| d.0),
+        backoff_max: f.backoff_max.map_or(Duration::from_secs(60), |d| d.0),
+    };
+    for (key, v) in [
+        ("federation.lookup_timeout", fed.lookup_timeout),
+        ("federation.connect_timeout", fed.connect_timeout),
+        ("federation.link_idle_timeout", fed.link_idle_timeout),
+        ("federation.backoff_max", fed.backoff_max),
+    ] {
+        if v.is_zero() {
+            return Err(invalid(key, "must be more than zero"));
+        }
+    }
+    if fed.backoff_max > Duration::from_secs(300) {
+        return Err(invalid(
+            "federation.backoff_max",
+            "must be at most 5 minutes",
+        ));
+    }
+    Ok(fed)
+}
+
+/// `host:port`, `1.2.3.4:port` or `[::1]:port`.
+fn parse_host_port(s: &str) -> Option<HostPort> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some(HostPort {
+            host: sa.ip().to_string(),
+            port: sa.port(),
+        });
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    let host = normalize_domain(host)?;
+    Some(HostPort {
+        host,
+        port: port.parse().ok()?,
+    })
 }
 
 #[cfg(test)]
@@ -358,6 +524,47 @@ secret = "0123456789abcdef0123456789abcdef"
             e.contains("auth.secret") && e.contains("development"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn federation_section() {
+        let tls = "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+        let e = err(&format!("{MIN}[federation]\n"));
+        assert!(e.contains("federation") && e.contains("[tls]"), "{e}");
+        let c = Config::parse(
+            &format!(
+                "{MIN}{tls}[federation]\nresolver = \"127.0.0.1:5353\"\ndeny = [\"Evil.Test\"]\n\
+                 [federation.peers]\n\"B.test\" = \"127.0.0.1:8444\"\n\"c.test\" = \"wsp.c.test:443\"\n"
+            ),
+            Path::new("/etc/wspd"),
+        )
+        .unwrap();
+        let f = c.federation.unwrap();
+        assert_eq!(f.key, Path::new("/etc/wspd/wspd-link.key"));
+        assert_eq!(
+            f.peers["b.test"],
+            HostPort {
+                host: "127.0.0.1".into(),
+                port: 8444
+            }
+        );
+        assert_eq!(
+            f.peers["c.test"],
+            HostPort {
+                host: "wsp.c.test".into(),
+                port: 443
+            }
+        );
+        assert!(!f.allows("evil.test"));
+        assert!(f.allows("b.test"));
+        let e = err(&format!(
+            "{MIN}{tls}[federation]\n[federation.peers]\n\"b.test\" = \"nope\"\n"
+        ));
+        assert!(e.contains("federation.peers"), "{e}");
+        let e = err(&format!(
+            "{MIN}{tls}[federation]\nresolver = \"dns.example\"\n"
+        ));
+        assert!(e.contains("federation.resolver"), "{e}");
     }
 
     #[test]

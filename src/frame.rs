@@ -244,7 +244,11 @@ fn is_null(v: Option<&RawValue>) -> bool {
 /// Decodes and validates one text message.
 pub fn decode(text: &str) -> Result<Inbound<'_>, FrameError> {
     let raw: RawFrame = serde_json::from_str(text).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => FrameError::NotArray,
+        // The array visitor stops at the first value of the wrong type
+        // (`{` of "{not json"): only JSON as a whole is "not an array".
+        serde_json::error::Category::Data if serde_json::from_str::<IgnoredAny>(text).is_ok() => {
+            FrameError::NotArray
+        }
         _ => FrameError::NotJson,
     })?;
     let keyword: Cow<str> = serde_json::from_str(raw.keyword.get())
@@ -429,6 +433,9 @@ mod tests {
         assert_eq!(err("not json"), FrameError::NotJson);
         assert_eq!(err("[\"bye\""), FrameError::NotJson);
         assert_eq!(err("{}"), FrameError::NotArray);
+        assert_eq!(err("{not json"), FrameError::NotJson);
+        assert_eq!(err("42 x"), FrameError::NotJson);
+        assert_eq!(err("[1,2,3,4,"), FrameError::NotJson);
         assert_eq!(err("[]"), FrameError::NotArray);
         assert_eq!(err("[1,2,3,4]"), FrameError::NotArray);
         assert_eq!(

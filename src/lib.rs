@@ -15,6 +15,7 @@ pub mod address;
 pub mod auth;
 pub mod call;
 pub mod config;
+pub mod federation;
 pub mod frame;
 pub mod metrics;
 pub mod router;
@@ -37,6 +38,7 @@ use tracing::info;
 
 use crate::auth::{Tokens, UsersError, UsersFile};
 use crate::config::Config;
+use crate::federation::link::{Links, LinksError};
 use crate::metrics::Metrics;
 use crate::router::Router;
 
@@ -50,6 +52,12 @@ pub struct App {
     pub users: Option<Arc<UsersFile>>,
     /// Bounds concurrent password checks.
     pub login_gate: Semaphore,
+    /// Links to other domains, when `[federation]` is configured.
+    pub links: Option<Arc<Links>>,
+    /// Cancelled to stop the server.
+    pub shutdown: CancellationToken,
+    /// Every connection, session and link task.
+    pub tasks: TaskTracker,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +68,8 @@ pub enum StartError {
     Tls(String),
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    #[error(transparent)]
+    Links(#[from] LinksError),
 }
 
 /// A server ready to run: configuration checked, files loaded, socket bound.
@@ -98,11 +108,24 @@ impl Server {
             users.as_ref().map(|u| u.users.keys().cloned().collect());
         let tls = config.tls.as_ref().map(load_tls).transpose()?;
         let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let links = match &config.federation {
+            Some(fed) => Some(Arc::new(Links::new(
+                &config,
+                fed,
+                metrics.clone(),
+                shutdown.clone(),
+                tasks.clone(),
+            )?)),
+            None => None,
+        };
         let router = Arc::new(Router::new(
             config.domain.clone(),
             config.limits.clone(),
             known,
             metrics.clone(),
+            links.clone(),
         ));
         let app = App {
             tokens: Tokens::new(&config.domain, &config.auth.secret),
@@ -111,6 +134,9 @@ impl Server {
             metrics,
             users,
             login_gate: Semaphore::new(2),
+            links,
+            shutdown,
+            tasks,
         };
         Ok(Server {
             app: Arc::new(app),
@@ -128,7 +154,15 @@ impl Server {
 
     /// Serves until `shutdown` is cancelled and every connection has closed.
     pub async fn run(self, shutdown: CancellationToken) {
-        let tasks = TaskTracker::new();
+        let tasks = self.app.tasks.clone();
+        let inner = self.app.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => inner.cancel(),
+                _ = inner.cancelled() => {}
+            }
+        });
+        let shutdown = self.app.shutdown.clone();
         let scheme = if self.tls.is_some() { "wss" } else { "ws" };
         info!(
             domain = %self.app.config.domain,
@@ -143,7 +177,7 @@ impl Server {
 
     /// Runs in a background task.
     pub fn spawn(self) -> Running {
-        let shutdown = CancellationToken::new();
+        let shutdown = self.app.shutdown.clone();
         let addr = self.local_addr();
         let app = self.app.clone();
         let handle = tokio::spawn(self.run(shutdown.clone()));

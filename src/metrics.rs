@@ -23,6 +23,12 @@ pub struct Metrics {
     frames: Vec<Counter>,
     refusals: Family<Labels, Counter>,
     logins: Family<Labels, Counter>,
+    /// Links up, by direction (`out`: opened by us, `in`: accepted).
+    links: Family<Labels, Gauge>,
+    link_attempts: Family<Labels, Counter>,
+    link_failures: Family<Labels, Counter>,
+    dns_lookups: Family<Labels, Counter>,
+    remote_calls: Family<[(&'static str, String); 2], Counter>,
 }
 
 /// Why the server refused or closed something: `wspd_refusals_total{reason}`.
@@ -120,7 +126,43 @@ impl Metrics {
         let logins = Family::<Labels, Counter>::default();
         registry.register("logins", "POST /token attempts, by result", logins.clone());
 
+        let links = Family::<Labels, Gauge>::default();
+        registry.register(
+            "links",
+            "Server-to-server links up, by direction",
+            links.clone(),
+        );
+        let link_attempts = Family::<Labels, Counter>::default();
+        registry.register(
+            "link_attempts",
+            "Outgoing link attempts, by result",
+            link_attempts.clone(),
+        );
+        let link_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "link_failures",
+            "Link failures (either direction), by reason",
+            link_failures.clone(),
+        );
+        let dns_lookups = Family::<Labels, Counter>::default();
+        registry.register(
+            "dns_lookups",
+            "Domain discoveries, by result",
+            dns_lookups.clone(),
+        );
+        let remote_calls = Family::<[(&'static str, String); 2], Counter>::default();
+        registry.register(
+            "remote_calls",
+            "Calls with another domain ended, by remote domain and outcome",
+            remote_calls.clone(),
+        );
+
         Metrics {
+            links,
+            link_attempts,
+            link_failures,
+            dns_lookups,
+            remote_calls,
             registry,
             sessions,
             calls_active,
@@ -146,6 +188,44 @@ impl Metrics {
     pub fn login(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
         self.logins.get_or_create(&[("result", result)]).inc();
+    }
+
+    /// A link came up (`+1`) or went down (`-1`); `direction` is `in` or `out`.
+    pub fn link_up(&self, direction: &'static str, delta: i64) {
+        self.links
+            .get_or_create(&[("direction", direction)])
+            .inc_by(delta);
+    }
+
+    /// An outgoing link attempt ended: `ok` or a failure reason.
+    pub fn link_attempt(&self, result: &'static str) {
+        self.link_attempts
+            .get_or_create(&[("result", result)])
+            .inc();
+    }
+
+    /// A link failed or was refused, by reason (`dns`, `connect`, `tls`,
+    /// `auth`, `policy`, `broken`, `keys`, ...).
+    pub fn link_failure(&self, reason: &'static str) {
+        self.link_failures
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// A discovery ended: `ok`, `override`, `cached_failure`, `no_service`,
+    /// `timeout` or `error`.
+    pub fn dns_lookup(&self, result: &'static str) {
+        self.dns_lookups.get_or_create(&[("result", result)]).inc();
+    }
+
+    /// A call with `domain` ended with `outcome`.
+    pub fn remote_call_ended(&self, domain: &str, outcome: Outcome) {
+        self.remote_calls
+            .get_or_create(&[
+                ("domain", domain.to_string()),
+                ("outcome", outcome.as_str().to_string()),
+            ])
+            .inc();
     }
 
     /// The exposition text.

@@ -28,6 +28,7 @@ use tracing::{debug, info, info_span, warn};
 use crate::address::{Address, CallId};
 use crate::call::{Call, Input, Outcome, Output, PeerId};
 use crate::config::Limits;
+use crate::federation::link::Links;
 use crate::frame::{self, Keyword};
 use crate::metrics::{Metrics, Refusal};
 
@@ -57,9 +58,10 @@ impl Peer {
 
     /// Queues a message without waiting. A full outbox means the reader is
     /// too slow: the peer is killed rather than allowed to grow memory.
-    fn deliver(&self, out: Out, metrics: &Metrics) {
+    /// Returns false when the peer is gone (its outbox is closed).
+    fn deliver(&self, out: Out, metrics: &Metrics) -> bool {
         match self.tx.try_send(out) {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if !self.kill.is_cancelled() {
                     warn!(
@@ -69,8 +71,9 @@ impl Peer {
                     metrics.refused(Refusal::SlowReader);
                     self.kill.cancel();
                 }
+                true
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 }
@@ -99,6 +102,10 @@ struct CallState {
     peers: SmallVec<[Peer; 3]>,
     timer: Option<AbortHandle>,
     span: tracing::Span,
+    /// The other domain, for a call that crosses a link.
+    remote: Option<String>,
+    /// Its end has been counted and it left the map.
+    finished: bool,
 }
 
 type Slot = Arc<Mutex<CallState>>;
@@ -112,6 +119,8 @@ pub struct Router {
     sessions: DashMap<Address, SmallVec<[Peer; 2]>>,
     calls: DashMap<CallId, Slot>,
     next_peer: AtomicU64,
+    /// Links to other domains, when federation is configured.
+    links: Option<Arc<Links>>,
 }
 
 impl Router {
@@ -120,6 +129,7 @@ impl Router {
         limits: Limits,
         known_users: Option<HashSet<String>>,
         metrics: Arc<Metrics>,
+        links: Option<Arc<Links>>,
     ) -> Self {
         Router {
             domain,
@@ -129,6 +139,7 @@ impl Router {
             sessions: DashMap::new(),
             calls: DashMap::new(),
             next_peer: AtomicU64::new(1),
+            links,
         }
     }
 
@@ -176,26 +187,39 @@ impl Router {
         id: &CallId,
         invite: &str,
     ) -> Result<(), Refused> {
-        if callee.domain() != self.domain {
-            return Err(Refused::new(
-                403,
-                "This server does not federate with other domains",
-                Outcome::Forbidden,
-            ));
-        }
-        if let Some(known) = &self.known_users
-            && !known.contains(callee.user())
-        {
-            return Err(Refused::new(404, "No such user", Outcome::NotFound));
-        }
-        let devices: SmallVec<[Peer; 3]> = self
-            .sessions
-            .get(callee)
-            .map(|s| s.iter().filter(|p| p.id != from.id).cloned().collect())
-            .unwrap_or_default();
-        if devices.is_empty() {
-            return Err(Refused::new(480, "User offline", Outcome::Offline));
-        }
+        let remote = if callee.domain() != self.domain {
+            Some(callee.domain())
+        } else if caller.domain() != self.domain {
+            Some(caller.domain())
+        } else {
+            None
+        };
+        let devices: SmallVec<[Peer; 3]> = if callee.domain() != self.domain {
+            // The callee's server does the forking: the link is the one device.
+            let Some(links) = &self.links else {
+                return Err(Refused::new(
+                    403,
+                    "This server does not federate with other domains",
+                    Outcome::Forbidden,
+                ));
+            };
+            smallvec::smallvec![links.link_for(self, callee.domain())?]
+        } else {
+            if let Some(known) = &self.known_users
+                && !known.contains(callee.user())
+            {
+                return Err(Refused::new(404, "No such user", Outcome::NotFound));
+            }
+            let devices: SmallVec<[Peer; 3]> = self
+                .sessions
+                .get(callee)
+                .map(|s| s.iter().filter(|p| p.id != from.id).cloned().collect())
+                .unwrap_or_default();
+            if devices.is_empty() {
+                return Err(Refused::new(480, "User offline", Outcome::Offline));
+            }
+            devices
+        };
 
         let span = info_span!("call", id = %id, caller = %caller, callee = %callee);
         let ids: SmallVec<[PeerId; 3]> = devices.iter().map(|p| p.id).collect();
@@ -209,6 +233,8 @@ impl Router {
             peers,
             timer: None,
             span,
+            remote: remote.map(str::to_string),
+            finished: false,
         }));
 
         // Claim the id; hold the call's lock until its invites are queued so
@@ -237,7 +263,7 @@ impl Router {
         if let Some(deadline) = deadline {
             state.timer = Some(self.spawn_ring_timer(Arc::downgrade(&slot), id.clone(), deadline));
         }
-        self.apply(&mut state, id, outputs);
+        self.apply(&mut state, id, outputs, None);
         Ok(())
     }
 
@@ -262,25 +288,55 @@ impl Router {
                 content,
                 bye_code,
             },
+            Some(from),
         );
+    }
+
+    /// A bye that the link `from` could not get from the other server (the
+    /// link failed): fed to the call as if that server had sent it.
+    pub fn remote_bye(&self, from: PeerId, id: &CallId, code: u16, description: &str) {
+        let content = serde_json::json!({ "code": code, "description": description }).to_string();
+        if let Some(slot) = self.calls.get(id).map(|s| s.value().clone()) {
+            self.feed(
+                &slot,
+                id,
+                Input::Frame {
+                    from,
+                    keyword: Keyword::Bye,
+                    content: Some(&content),
+                    bye_code: Some(code),
+                },
+                None,
+            );
+        }
     }
 
     /// The peer's socket went away: every call it was part of is told.
     pub fn gone(&self, from: PeerId, id: &CallId) {
         if let Some(slot) = self.calls.get(id).map(|s| s.value().clone()) {
-            self.feed(&slot, id, Input::Gone(from));
+            self.feed(&slot, id, Input::Gone(from), None);
         }
     }
 
-    fn feed(&self, slot: &Slot, id: &CallId, input: Input<'_>) {
+    /// Feeds one input to a call. `sender` is the socket a frame came from:
+    /// it may be no party of the call (a socket naming another's call id),
+    /// and must still hear the call's refusal.
+    fn feed(&self, slot: &Slot, id: &CallId, input: Input<'_>, sender: Option<&Peer>) {
         let mut state = lock(slot);
         let outputs = state.call.handle(input);
-        self.apply(&mut state, id, outputs);
+        self.apply(&mut state, id, outputs, sender);
     }
 
     /// Carries out a state machine's outputs, under the call's lock.
-    fn apply(&self, state: &mut CallState, id: &CallId, outputs: crate::call::Outputs<'_>) {
+    fn apply(
+        &self,
+        state: &mut CallState,
+        id: &CallId,
+        outputs: crate::call::Outputs<'_>,
+        sender: Option<&Peer>,
+    ) {
         let _g = state.span.clone().entered();
+        let mut gone: SmallVec<[PeerId; 2]> = SmallVec::new();
         for o in outputs {
             let (to, out) = match o {
                 Output::Relay {
@@ -301,8 +357,21 @@ impl Router {
                 }
                 Output::Detach(to) => (to, Out::Detach(id.clone())),
             };
-            if let Some(p) = state.peers.iter().find(|p| p.id == to) {
-                p.deliver(out, &self.metrics);
+            let peer = state.peers.iter().find(|p| p.id == to);
+            if let Some(p) = peer.or(sender.filter(|p| p.id == to))
+                && !p.deliver(out, &self.metrics)
+                && !gone.contains(&to)
+            {
+                gone.push(to);
+            }
+        }
+        // A party whose outbox closed while the call was being routed (its
+        // socket or link ended) is gone: tell the call now, rather than
+        // leave it waiting for the ring timeout.
+        for to in gone {
+            if state.call.outcome().is_none() {
+                let more = state.call.handle(Input::Gone(to));
+                self.apply(state, id, more, None);
             }
         }
         if state.call.ring_deadline().is_none()
@@ -310,10 +379,17 @@ impl Router {
         {
             t.abort();
         }
-        if let Some(outcome) = state.call.outcome() {
+        if let Some(outcome) = state.call.outcome()
+            && !state.finished
+        {
+            // While unfinished the map's entry for `id` is this call.
+            state.finished = true;
             self.calls.remove(id);
             self.metrics.calls_active.dec();
             self.metrics.call_ended(outcome);
+            if let Some(remote) = &state.remote {
+                self.metrics.remote_call_ended(remote, outcome);
+            }
             info!(outcome = outcome.as_str(), "call ended");
         }
     }
@@ -328,7 +404,7 @@ impl Router {
         tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
             if let (Some(router), Some(slot)) = (router.upgrade(), slot.upgrade()) {
-                router.feed(&slot, &id, Input::RingTimeout);
+                router.feed(&slot, &id, Input::RingTimeout, None);
             }
         })
         .abort_handle()

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -30,6 +30,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::App;
 use crate::address::Address;
 use crate::auth::TokenError;
+use crate::federation::keys;
 use crate::metrics::Refusal;
 use crate::session;
 
@@ -92,13 +93,22 @@ async fn connection(
     tasks: TaskTracker,
 ) {
     match tls {
-        None => serve_http(app, tcp, remote, shutdown, tasks).await,
+        None => serve_http(app, tcp, remote, None, shutdown, tasks).await,
         Some(acceptor) => {
             let hs =
                 tokio::time::timeout(app.config.limits.handshake_timeout, acceptor.accept(tcp))
                     .await;
             match hs {
-                Ok(Ok(stream)) => serve_http(app, stream, remote, shutdown, tasks).await,
+                Ok(Ok(stream)) => {
+                    // Links sign this session's TLS 1.3 exporter; compute it
+                    // now, while the TLS state is at hand.
+                    let conn = stream.get_ref().1;
+                    let exporter = (conn.protocol_version()
+                        == Some(rustls::ProtocolVersion::TLSv1_3))
+                    .then(|| keys::server_exporter(conn))
+                    .flatten();
+                    serve_http(app, stream, remote, exporter, shutdown, tasks).await
+                }
                 Ok(Err(e)) => {
                     app.metrics.refused(Refusal::Handshake);
                     debug!(%remote, error = %e, "TLS handshake failed");
@@ -116,6 +126,7 @@ async fn serve_http<I>(
     app: Arc<App>,
     io: I,
     remote: SocketAddr,
+    exporter: Option<[u8; 32]>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) where
@@ -124,13 +135,13 @@ async fn serve_http<I>(
     let svc_app = app.clone();
     let svc_shutdown = shutdown.clone();
     let service = hyper::service::service_fn(move |req| {
-        route(
-            svc_app.clone(),
-            req,
+        let conn = Conn {
             remote,
-            svc_shutdown.clone(),
-            tasks.clone(),
-        )
+            exporter,
+            shutdown: svc_shutdown.clone(),
+            tasks: tasks.clone(),
+        };
+        route(svc_app.clone(), req, conn)
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -154,16 +165,31 @@ async fn serve_http<I>(
     }
 }
 
+/// What a request knows of its connection.
+struct Conn {
+    remote: SocketAddr,
+    /// The TLS 1.3 exporter of the connection, for link authentication.
+    exporter: Option<[u8; 32]>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
 async fn route(
     app: Arc<App>,
     req: Request<Incoming>,
-    remote: SocketAddr,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
+    conn: Conn,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
     let res = match (req.method(), path) {
-        (&Method::GET, "/wsp") => upgrade(app, req, remote, shutdown, tasks),
+        (&Method::GET, "/wsp") => upgrade(app, req, conn).await,
+        (&Method::GET, "/.well-known/wsp/keys") => match &app.links {
+            Some(links) => text(StatusCode::OK, "application/json", links.keys_document()),
+            None => json_error(
+                StatusCode::NOT_FOUND,
+                "no-federation",
+                "this server does not federate",
+            ),
+        },
         (&Method::POST, "/token") => login(app, req).await,
         (&Method::GET, "/healthz") => {
             text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into())
@@ -231,13 +257,13 @@ fn bearer_token(req: &Request<Incoming>) -> Option<String> {
     })
 }
 
-fn upgrade(
-    app: Arc<App>,
-    mut req: Request<Incoming>,
-    remote: SocketAddr,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-) -> Response<Body> {
+async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, conn: Conn) -> Response<Body> {
+    let Conn {
+        remote,
+        exporter,
+        shutdown,
+        tasks,
+    } = conn;
     let h = req.headers();
     let bad = |description: &str| {
         app.metrics.refused(Refusal::BadUpgrade);
@@ -268,6 +294,48 @@ fn upgrade(
         return bad("unsupported subprotocol: this server speaks wsp-1.0");
     }
 
+    let link_auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() > 9 && v[..9].eq_ignore_ascii_case("wsp-link "))
+        .map(str::to_string);
+    if let Some(link_auth) = link_auth {
+        let Some(links) = app.links.clone() else {
+            app.metrics.refused(Refusal::Unauthorized);
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "no-federation",
+                "this server does not federate",
+            );
+        };
+        let origin = match links.authenticate(&link_auth, exporter).await {
+            Ok(origin) => origin,
+            Err(r) => {
+                app.metrics.refused(Refusal::Unauthorized);
+                return json_error(r.status, r.id, &r.description);
+            }
+        };
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let router = app.router.clone();
+        let max = app.config.limits.max_frame_bytes;
+        tasks.spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(session::ws_config(max)),
+                    )
+                    .await;
+                    links.run_inbound(router, ws, origin).await;
+                }
+                Err(e) => debug!(error = %e, "link upgrade failed"),
+            }
+        });
+        return switching_protocols(&accept, offered);
+    }
+
     let user = match bearer_token(&req)
         .ok_or(TokenError::Missing)
         .and_then(|t| app.tokens.verify(&t))
@@ -292,7 +360,7 @@ fn upgrade(
                     let ws = WebSocketStream::from_raw_socket(
                         TokioIo::new(upgraded),
                         Role::Server,
-                        Some(ws_config(&app)),
+                        Some(session::ws_config(app.config.limits.max_frame_bytes)),
                     )
                     .await;
                     run_session(app, ws, user, shutdown).await;
@@ -303,12 +371,16 @@ fn upgrade(
         .instrument(span),
     );
 
+    switching_protocols(&accept, offered)
+}
+
+fn switching_protocols(accept: &str, offered: bool) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
+    if let Ok(v) = HeaderValue::from_str(accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     if offered {
@@ -336,19 +408,6 @@ async fn run_session<S>(
         shutdown,
     )
     .await;
-}
-
-/// Buffers sized for signalling: small reads, frames bounded by the limit.
-/// tungstenite's default read buffer is 128 KiB per socket; 4 KiB grows on
-/// demand up to the frame limit for the rare large SDP.
-fn ws_config(app: &App) -> WebSocketConfig {
-    let max = app.config.limits.max_frame_bytes;
-    WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .max_write_buffer_size(max.saturating_mul(4).max(1 << 20))
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
 }
 
 #[derive(Deserialize)]

@@ -9,12 +9,14 @@ use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use smallvec::SmallVec;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
+
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span};
@@ -23,25 +25,71 @@ use crate::address::{Address, CallId};
 use crate::call::Outcome;
 use crate::config::Limits;
 use crate::frame::{self, Body, Keyword};
-use crate::metrics::Refusal;
+use crate::metrics::{Metrics, Refusal};
 use crate::router::{Out, Peer, Router};
 
 /// How many queued messages are written before one flush.
 const WRITE_BATCH: usize = 64;
 
-/// Why the session ends, and the close frame it sends.
-struct Close {
-    code: u16,
-    reason: String,
+/// Why a socket is being closed, and the close frame it gets.
+#[derive(Debug)]
+pub struct Close {
+    pub code: u16,
+    pub reason: String,
 }
 
 impl Close {
-    fn new(code: u16, reason: impl Into<String>) -> Self {
+    pub fn new(code: u16, reason: impl Into<String>) -> Self {
         Close {
             code,
             reason: reason.into(),
         }
     }
+}
+
+/// What a socket does with what it reads: a client session or a link.
+pub trait Handler {
+    /// A text message arrived. An error closes the socket with it.
+    fn on_text(&mut self, text: &str) -> Result<(), Close>;
+    /// The peer became a party of this call (queued before its first frame).
+    fn on_attach(&mut self, id: CallId);
+    /// The call is over for this peer.
+    fn on_detach(&mut self, id: CallId);
+    /// Called on each keepalive wake-up; `Some` closes the socket.
+    fn on_tick(&mut self, _now: Instant) -> Option<Close> {
+        None
+    }
+    fn metrics(&self) -> &Metrics;
+}
+
+/// The socket timings and sizes [`pump`] keeps.
+#[derive(Debug, Clone)]
+pub struct PumpConfig {
+    pub ping_after: Duration,
+    pub dead_after: Duration,
+    pub max_frame_bytes: usize,
+}
+
+impl PumpConfig {
+    pub fn from_limits(l: &Limits) -> Self {
+        PumpConfig {
+            ping_after: l.keepalive_ping,
+            dead_after: l.keepalive_timeout,
+            max_frame_bytes: l.max_frame_bytes,
+        }
+    }
+}
+
+/// Buffers sized for signalling. tungstenite's default read buffer is
+/// 128 KiB per socket; 4 KiB grows on demand up to the frame limit for the
+/// rare large SDP, and writes go out without a staging buffer.
+pub fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_frame_bytes.saturating_mul(4).max(1 << 20))
+        .max_message_size(Some(max_frame_bytes))
+        .max_frame_size(Some(max_frame_bytes))
 }
 
 struct Session {
@@ -55,7 +103,7 @@ struct Session {
 
 /// Runs one authenticated socket to its end.
 pub async fn run<S>(
-    ws: WebSocketStream<S>,
+    mut ws: WebSocketStream<S>,
     user: Address,
     router: Arc<Router>,
     limits: Limits,
@@ -66,12 +114,13 @@ pub async fn run<S>(
     let id = router.next_peer_id();
     let span = info_span!("session", id, user = %user);
     async move {
-        let (tx, rx) = mpsc::channel(limits.outbox_frames);
+        let (tx, mut rx) = mpsc::channel(limits.outbox_frames);
         let kill = CancellationToken::new();
         let me = Peer::new(id, tx, kill.clone());
         router.register(&user, me.clone());
         router.metrics().sessions.inc();
         info!("connected");
+        let cfg = PumpConfig::from_limits(&limits);
         let mut s = Session {
             user,
             me,
@@ -79,171 +128,225 @@ pub async fn run<S>(
             limits,
             calls: SmallVec::new(),
         };
-        s.drive(ws, rx, kill, shutdown).await;
+        let close = pump(&mut ws, &mut rx, &kill, &shutdown, &cfg, &mut s).await;
         s.router.unregister(&s.user, s.me.id);
+        rx.close();
         for call in std::mem::take(&mut s.calls) {
             s.router.gone(s.me.id, &call);
         }
         s.router.metrics().sessions.dec();
+        close_socket(&mut ws, close).await;
     }
     .instrument(span)
     .await
 }
 
-impl Session {
-    async fn drive<S>(
-        &mut self,
-        mut ws: WebSocketStream<S>,
-        mut rx: mpsc::Receiver<Out>,
-        kill: CancellationToken,
-        shutdown: CancellationToken,
-    ) where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let router = self.router.clone();
-        let metrics = || router.metrics();
-        let ping_after = self.limits.keepalive_ping;
-        let dead_after = self.limits.keepalive_timeout;
-        let mut last_heard = Instant::now();
-        let mut pinged = false;
-        let keepalive = sleep_until(last_heard + ping_after);
-        tokio::pin!(keepalive);
-        let mut batch: Vec<Out> = Vec::with_capacity(WRITE_BATCH);
+/// Drives one socket: reads frames into `h`, writes the outbox in batches,
+/// pings when quiet, drops the silent. Returns why it ended: `Some` when
+/// the server decided to close (the caller sends the close frame with
+/// [`close_socket`]), `None` when the socket ended by itself.
+pub async fn pump<S, H>(
+    ws: &mut WebSocketStream<S>,
+    rx: &mut mpsc::Receiver<Out>,
+    kill: &CancellationToken,
+    shutdown: &CancellationToken,
+    cfg: &PumpConfig,
+    h: &mut H,
+) -> Option<Close>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let mut last_heard = Instant::now();
+    let mut pinged = false;
+    let keepalive = sleep_until(last_heard + cfg.ping_after);
+    tokio::pin!(keepalive);
+    let mut batch: Vec<Out> = Vec::with_capacity(WRITE_BATCH);
 
-        let close = loop {
-            tokio::select! {
-                biased;
-                _ = kill.cancelled() => {
-                    break Some(Close::new(1008, "reading too slowly: outbox full"));
+    loop {
+        tokio::select! {
+            biased;
+            _ = kill.cancelled() => {
+                return Some(Close::new(1008, "reading too slowly: outbox full"));
+            }
+            _ = shutdown.cancelled() => {
+                return Some(Close::new(1001, "server shutting down"));
+            }
+            n = rx.recv_many(&mut batch, WRITE_BATCH) => {
+                if n == 0 {
+                    return None;
                 }
-                _ = shutdown.cancelled() => {
-                    break Some(Close::new(1001, "server shutting down"));
+                let res = tokio::select! {
+                    r = write_batch(ws, &mut batch, h) => r,
+                    _ = kill.cancelled() => Err(WsError::ConnectionClosed),
+                    _ = shutdown.cancelled() => Err(WsError::ConnectionClosed),
+                };
+                if res.is_err() {
+                    return None;
                 }
-                n = rx.recv_many(&mut batch, WRITE_BATCH) => {
-                    if n == 0 {
-                        break None;
-                    }
-                    let write = self.write_batch(&mut ws, &mut batch);
-                    let res = tokio::select! {
-                        r = write => r,
-                        _ = kill.cancelled() => Err(WsError::ConnectionClosed),
-                        _ = shutdown.cancelled() => Err(WsError::ConnectionClosed),
-                    };
-                    if res.is_err() {
-                        break None;
-                    }
-                }
-                msg = ws.next() => {
-                    last_heard = Instant::now();
+            }
+            msg = ws.next() => {
+                last_heard = Instant::now();
+                if pinged {
+                    // The timer waits for the dead line; heard again, the
+                    // next ping is due after ping_after of quiet, not 25 s
+                    // later.
                     pinged = false;
-                    match msg {
-                        None => break None,
-                        Some(Ok(Message::Text(text))) => {
-                            if let Err(c) = self.on_text(text.as_str()) {
-                                break Some(c);
-                            }
-                        }
-                        Some(Ok(Message::Binary(_))) => {
-                            metrics().refused(Refusal::Binary);
-                            break Some(Close::new(1003, "binary messages are not accepted: send JSON text"));
-                        }
-                        Some(Ok(Message::Close(_))) => break None,
-                        Some(Ok(_)) => {} // ping (answered by tungstenite), pong
-                        Some(Err(WsError::Capacity(_))) => {
-                            metrics().refused(Refusal::TooBig);
-                            break Some(Close::new(
-                                1009,
-                                format!("message over {} bytes", self.limits.max_frame_bytes),
-                            ));
-                        }
-                        Some(Err(WsError::Utf8(_))) => {
-                            metrics().refused(Refusal::BadJson);
-                            break Some(Close::new(1007, "text message is not UTF-8"));
-                        }
-                        Some(Err(WsError::Protocol(e))) => {
-                            metrics().refused(Refusal::BadFrame);
-                            break Some(Close::new(1002, format!("WebSocket protocol error: {e}")));
-                        }
-                        Some(Err(e)) => {
-                            debug!(error = %e, "socket error");
-                            break None;
-                        }
-                    }
+                    keepalive.as_mut().reset(last_heard + cfg.ping_after);
                 }
-                () = &mut keepalive => {
-                    let now = Instant::now();
-                    if pinged && now >= last_heard + dead_after {
-                        metrics().refused(Refusal::Silent);
-                        info!("silent for too long: dropping");
-                        break None;
-                    }
-                    if !pinged && now >= last_heard + ping_after {
-                        pinged = true;
-                        if ws.send(Message::Ping(Default::default())).await.is_err() {
-                            break None;
+                match msg {
+                    None => return None,
+                    Some(Ok(Message::Text(text))) => {
+                        if let Err(c) = h.on_text(text.as_str()) {
+                            let r = match c.code {
+                                1007 => Refusal::BadJson,
+                                _ => Refusal::BadFrame,
+                            };
+                            h.metrics().refused(r);
+                            return Some(c);
                         }
                     }
-                    let next = if pinged { last_heard + dead_after } else { last_heard + ping_after };
-                    keepalive.as_mut().reset(next);
+                    Some(Ok(Message::Binary(_))) => {
+                        h.metrics().refused(Refusal::Binary);
+                        return Some(Close::new(1003, "binary messages are not accepted: send JSON text"));
+                    }
+                    Some(Ok(Message::Close(_))) => {
+                        // tungstenite has queued the answer to the peer's
+                        // close; send it before hanging up, or the peer
+                        // sees an unclean close (a browser reports 1006).
+                        let _ = tokio::time::timeout(Duration::from_secs(2), ws.flush()).await;
+                        return None;
+                    }
+                    Some(Ok(_)) => {} // ping (answered by tungstenite), pong
+                    Some(Err(WsError::Capacity(_))) => {
+                        h.metrics().refused(Refusal::TooBig);
+                        return Some(Close::new(1009, format!("message over {} bytes", cfg.max_frame_bytes)));
+                    }
+                    Some(Err(WsError::Utf8(_))) => {
+                        h.metrics().refused(Refusal::BadJson);
+                        return Some(Close::new(1007, "text message is not UTF-8"));
+                    }
+                    Some(Err(WsError::Protocol(e))) => {
+                        h.metrics().refused(Refusal::BadFrame);
+                        return Some(Close::new(1002, format!("WebSocket protocol error: {e}")));
+                    }
+                    Some(Err(e)) => {
+                        debug!(error = %e, "socket error");
+                        return None;
+                    }
                 }
             }
-        };
-
-        if let Some(Close { code, reason }) = close {
-            info!(code, reason = %reason, "closing");
-            let frame = CloseFrame {
-                code: CloseCode::from(code),
-                reason: reason.into(),
-            };
-            // Say why, then give the client a moment to answer the close.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-                if ws.close(Some(frame)).await.is_ok() {
-                    while let Some(Ok(_)) = ws.next().await {}
+            () = &mut keepalive => {
+                let now = Instant::now();
+                if pinged && now >= last_heard + cfg.dead_after {
+                    h.metrics().refused(Refusal::Silent);
+                    info!("silent for too long: dropping");
+                    return None;
                 }
-            })
-            .await;
-        } else {
-            info!("disconnected");
-        }
-    }
-
-    /// Writes queued frames with one flush, and applies attach/detach.
-    async fn write_batch<S>(
-        &mut self,
-        ws: &mut WebSocketStream<S>,
-        batch: &mut Vec<Out>,
-    ) -> Result<(), WsError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let mut wrote = false;
-        for out in batch.drain(..) {
-            match out {
-                Out::Frame(text) => {
-                    ws.feed(Message::Text(text)).await?;
-                    wrote = true;
+                if let Some(c) = h.on_tick(now) {
+                    return Some(c);
                 }
-                Out::Attach(id) => self.calls.push(id),
-                Out::Detach(id) => self.calls.retain(|c| *c != id),
+                if !pinged && now >= last_heard + cfg.ping_after {
+                    pinged = true;
+                    if ws.send(Message::Ping(Default::default())).await.is_err() {
+                        return None;
+                    }
+                }
+                let next = if pinged { last_heard + cfg.dead_after } else { last_heard + cfg.ping_after };
+                keepalive.as_mut().reset(next);
             }
         }
-        if wrote {
-            ws.flush().await?;
+    }
+}
+
+/// Sends the close frame (when there is one) and gives the other side a
+/// moment to answer it.
+pub async fn close_socket<S>(ws: &mut WebSocketStream<S>, close: Option<Close>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(Close { code, reason }) = close else {
+        info!("disconnected");
+        return;
+    };
+    info!(code, reason = %reason, "closing");
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: close_reason(reason).into(),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        if ws.close(Some(frame)).await.is_ok() {
+            while let Some(Ok(_)) = ws.next().await {}
         }
-        Ok(())
+    })
+    .await;
+}
+
+/// A close reason fits in a control frame: 123 bytes at most, cut on a
+/// character boundary.
+fn close_reason(mut reason: String) -> String {
+    const MAX: usize = 123;
+    if reason.len() > MAX {
+        let mut end = MAX - 3;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push_str("...");
+    }
+    reason
+}
+
+/// Writes queued frames with one flush, and applies attach/detach.
+async fn write_batch<S, H>(
+    ws: &mut WebSocketStream<S>,
+    batch: &mut Vec<Out>,
+    h: &mut H,
+) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let mut wrote = false;
+    for out in batch.drain(..) {
+        match out {
+            Out::Frame(text) => {
+                ws.feed(Message::Text(text)).await?;
+                wrote = true;
+            }
+            Out::Attach(id) => h.on_attach(id),
+            Out::Detach(id) => h.on_detach(id),
+        }
+    }
+    if wrote {
+        ws.flush().await?;
+    }
+    Ok(())
+}
+
+impl Handler for Session {
+    fn on_text(&mut self, text: &str) -> Result<(), Close> {
+        Session::on_text(self, text)
     }
 
+    fn on_attach(&mut self, id: CallId) {
+        self.calls.push(id);
+    }
+
+    fn on_detach(&mut self, id: CallId) {
+        self.calls.retain(|c| *c != id);
+    }
+
+    fn metrics(&self) -> &Metrics {
+        self.router.metrics()
+    }
+}
+
+impl Session {
     /// Handles one text message. An error closes the socket.
     fn on_text(&mut self, text: &str) -> Result<(), Close> {
-        let f = frame::decode(text).map_err(|e| {
-            let r = if e.close_code() == 1007 {
-                Refusal::BadJson
-            } else {
-                Refusal::BadFrame
-            };
-            self.router.metrics().refused(r);
-            Close::new(e.close_code(), e.to_string())
-        })?;
+        // pump() counts the refusal when this error closes the socket.
+        let f = frame::decode(text).map_err(|e| Close::new(e.close_code(), e.to_string()))?;
         self.router.metrics().frame(f.keyword);
 
         if let Body::Invite(inv) = &f.body {
@@ -319,5 +422,16 @@ impl Session {
                 self.router.bye(&self.me, r.code, r.description, Some(id));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        let long = "é".repeat(100);
+        let r = super::close_reason(long);
+        assert!(r.len() <= 123 && r.ends_with("..."), "{}", r.len());
+        assert_eq!(super::close_reason("short".into()), "short");
     }
 }

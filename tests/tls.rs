@@ -41,8 +41,10 @@ async fn wss_with_the_development_certificate() {
     let mut req = format!("wss://localhost:{}/wsp", s.addr().port())
         .into_client_request()
         .unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("wsp-1.0"));
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("wsp-1.0"),
+    );
     let token = s.token("alice@localhost");
     req.headers_mut().insert(
         "Authorization",
@@ -62,7 +64,9 @@ async fn wss_with_the_development_certificate() {
     // Plain HTTP on the TLS port gets no HTTP answer: the handshake fails.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut raw = TcpStream::connect(s.addr()).await.unwrap();
-    raw.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    raw.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = Vec::new();
     let _ = raw.read_to_end(&mut buf).await;
     assert!(!String::from_utf8_lossy(&buf).contains("HTTP/1.1 200"));
@@ -70,9 +74,15 @@ async fn wss_with_the_development_certificate() {
 
 #[tokio::test]
 async fn missing_certificate_files_stop_the_server_with_a_clear_error() {
-    let cfg = config("localhost", "[tls]\ncert = \"certs/nope.pem\"\nkey = \"certs/nope-key.pem\"");
+    let cfg = config(
+        "localhost",
+        "[tls]\ncert = \"certs/nope.pem\"\nkey = \"certs/nope-key.pem\"",
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = wspd::Server::build(cfg, listener).err().expect("refused");
     let text = err.to_string();
-    assert!(text.contains("[tls]") && text.contains("nope.pem"), "{text}");
+    assert!(
+        text.contains("[tls]") && text.contains("nope.pem"),
+        "{text}"
+    );
 }

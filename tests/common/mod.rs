@@ -52,6 +52,15 @@ impl TestServer {
         }
     }
 
+    /// Starts a server on a given address (a restart on the same port).
+    pub async fn start_on(config: Config, addr: SocketAddr) -> TestServer {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let server = Server::build(config, listener).expect("server builds");
+        TestServer {
+            running: server.spawn(),
+        }
+    }
+
     pub async fn localhost() -> TestServer {
         Self::start(config("localhost", "")).await
     }
@@ -74,12 +83,36 @@ impl TestServer {
     }
 
     pub async fn connect(&self, user: &str) -> Client {
-        Client::connect(&self.url(), &self.token(user)).await
+        let token = self.token(user);
+        match &self.running.app.config.tls {
+            None => Client::connect(&self.url(), &token).await,
+            Some(_) => {
+                Client::connect_tls(self.addr(), &self.running.app.config.domain, &token).await
+            }
+        }
     }
 
-    /// Fetches the metrics text.
+    /// Fetches the metrics text (over TLS when the server speaks it).
     pub async fn metrics(&self) -> String {
-        http(self.addr(), "GET", "/metrics", &[], "").await.2
+        self.get("/metrics").await.2
+    }
+
+    /// A GET request to this server, over TLS when it speaks it.
+    pub async fn get(&self, path: &str) -> (u16, Vec<(String, String)>, String) {
+        match &self.running.app.config.tls {
+            None => http(self.addr(), "GET", path, &[], "").await,
+            Some(_) => {
+                let tcp = TcpStream::connect(self.addr()).await.unwrap();
+                let name =
+                    rustls::pki_types::ServerName::try_from(self.running.app.config.domain.clone())
+                        .unwrap();
+                let tls = tokio_rustls::TlsConnector::from(dev_ca_client())
+                    .connect(name, tcp)
+                    .await
+                    .unwrap();
+                http_on(tls, self.addr(), "GET", path, &[], "").await
+            }
+        }
     }
 
     /// One metric's value, 0 when absent.
@@ -109,7 +142,19 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, Vec<(String, String)>, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    let s = TcpStream::connect(addr).await.unwrap();
+    http_on(s, addr, method, path, headers, body).await
+}
+
+/// [`http`] over a stream already connected.
+pub async fn http_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -199,6 +244,32 @@ impl Client {
             resp.headers().get("sec-websocket-protocol").unwrap(),
             "wsp-1.0"
         );
+        Client { ws }
+    }
+
+    /// Connects over TLS to `addr`, checking the certificate for `domain`
+    /// under the development CA.
+    pub async fn connect_tls(addr: SocketAddr, domain: &str, token: &str) -> Client {
+        let mut req = format!("wss://{domain}:{}/wsp", addr.port())
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static("wsp-1.0"),
+        );
+        req.headers_mut().insert(
+            "Authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (ws, _) = tokio_tungstenite::client_async_tls_with_config(
+            req,
+            tcp,
+            None,
+            Some(tokio_tungstenite::Connector::Rustls(dev_ca_client())),
+        )
+        .await
+        .expect("upgrade accepted");
         Client { ws }
     }
 
@@ -351,3 +422,115 @@ pub async fn answered_call(a: &mut Client, b: &mut Client, caller: &str, callee:
     a.send(answer(id)).await;
     b.expect("answer").await;
 }
+
+// ---- Helpers for the call tests (tests/calls.rs) ----
+
+pub fn ringing(id: &str) -> Value {
+    json!(["ringing", null, {"call": id}])
+}
+
+impl Client {
+    /// Like [`Client::recv`], but waits up to `wait`: for server timers
+    /// longer than [`WAIT`] (under paused time this costs nothing).
+    pub async fn recv_within(&mut self, wait: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("socket open")
+                .expect("no socket error");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Every frame queued for this socket, proved complete like
+    /// [`Client::expect_nothing`]: the frames that arrive before the
+    /// answer to a probe for a call that cannot exist.
+    pub async fn drain(&mut self) -> Vec<Value> {
+        let probe = format!("probe{}", rand_suffix());
+        self.send(json!(["ringing", null, {"call": probe}])).await;
+        let mut frames = Vec::new();
+        loop {
+            let f = self.recv().await;
+            if f[0] == "bye" && f[1]["code"] == 481 && f[2]["call"] == probe {
+                return frames;
+            }
+            frames.push(f);
+        }
+    }
+}
+
+impl TestServer {
+    /// `wspd_calls_total{outcome="..."}`.
+    pub async fn calls_ended(&self, outcome: &str) -> f64 {
+        self.metric(&format!("wspd_calls_total{{outcome=\"{outcome}\"}}"))
+            .await
+    }
+
+    /// Waits until the server counts exactly `n` open client sockets. A
+    /// socket stops being counted only after its calls have been told that
+    /// it went away, so this is the barrier after a client closes.
+    pub async fn wait_sessions(&self, n: i64) {
+        // Real time, not tokio's: under paused time a yielding loop never
+        // lets the clock move.
+        let start = std::time::Instant::now();
+        loop {
+            let now = self.running.app.metrics.sessions.get();
+            if now == n {
+                return;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "expected {n} open sockets, the server still counts {now}"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Connects and waits until the socket is reachable for calls. The
+    /// server registers a socket just after the upgrade's 101 is written,
+    /// so on a multi-threaded runtime an invite sent right after
+    /// [`TestServer::connect`] may find the user still offline; a probe's
+    /// answer proves the session is running, hence registered.
+    pub async fn connect_online(&self, user: &str) -> Client {
+        let mut c = self.connect(user).await;
+        c.expect_nothing().await;
+        c
+    }
+}
+
+/// The development CA as the only trust root.
+pub fn dev_ca_roots() -> rustls::RootCertStore {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(Path::new("certs/ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    roots
+}
+
+/// A TLS client configuration that trusts only the development CA.
+pub fn dev_ca_client() -> std::sync::Arc<rustls::ClientConfig> {
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(dev_ca_roots())
+            .with_no_client_auth(),
+    )
+}
+
+/// A fresh, empty directory of this test process under the system's
+/// temporary directory.
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wspd-test-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub mod dns;
