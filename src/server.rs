@@ -353,6 +353,8 @@ async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, conn: Conn) -> Respo
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let span = info_span!("upgrade", %remote, user = %user);
+    // Reachable from now on: a call may arrive before the socket runs.
+    let reg = session::Registered::new(&app.router, user, &app.config.limits);
     tasks.spawn(
         async move {
             match on_upgrade.await {
@@ -363,9 +365,13 @@ async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, conn: Conn) -> Respo
                         Some(session::ws_config(app.config.limits.max_frame_bytes)),
                     )
                     .await;
-                    run_session(app, ws, user, shutdown).await;
+                    let limits = app.config.limits.clone();
+                    session::run(ws, reg, app.router.clone(), limits, shutdown).await;
                 }
-                Err(e) => debug!(error = %e, "upgrade failed"),
+                Err(e) => {
+                    debug!(error = %e, "upgrade failed");
+                    reg.abandon(&app.router);
+                }
             }
         }
         .instrument(span),
@@ -390,24 +396,6 @@ fn switching_protocols(accept: &str, offered: bool) -> Response<Body> {
         );
     }
     r
-}
-
-async fn run_session<S>(
-    app: Arc<App>,
-    ws: WebSocketStream<S>,
-    user: Address,
-    shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    session::run(
-        ws,
-        user,
-        app.router.clone(),
-        app.config.limits.clone(),
-        shutdown,
-    )
-    .await;
 }
 
 #[derive(Deserialize)]

@@ -55,8 +55,13 @@ pub trait Handler {
     fn on_attach(&mut self, id: CallId);
     /// The call is over for this peer.
     fn on_detach(&mut self, id: CallId);
-    /// Called on each keepalive wake-up; `Some` closes the socket.
+    /// Called on each keepalive wake-up and at [`Handler::wake_at`];
+    /// `Some` closes the socket.
     fn on_tick(&mut self, _now: Instant) -> Option<Close> {
+        None
+    }
+    /// A time the handler wants [`Handler::on_tick`] called by, if any.
+    fn wake_at(&self) -> Option<Instant> {
         None
     }
     fn metrics(&self) -> &Metrics;
@@ -101,24 +106,77 @@ struct Session {
     calls: SmallVec<[CallId; 2]>,
 }
 
-/// Runs one authenticated socket to its end.
+/// A user's socket registered with the router before its upgrade is
+/// answered, so that once the client sees `101` it can be called at once.
+/// Frames for it wait in its outbox until [`run`] starts.
+pub struct Registered {
+    user: Address,
+    me: Peer,
+    rx: mpsc::Receiver<Out>,
+    kill: CancellationToken,
+}
+
+impl Registered {
+    pub fn new(router: &Router, user: Address, limits: &Limits) -> Registered {
+        let (tx, rx) = mpsc::channel(limits.outbox_frames);
+        let kill = CancellationToken::new();
+        let me = Peer::new(router.next_peer_id(), tx, kill.clone());
+        router.register(&user, me.clone());
+        router.metrics().sessions.inc();
+        Registered { user, me, rx, kill }
+    }
+
+    /// The upgrade did not happen: leave, ending any call that already
+    /// reached this socket.
+    pub fn abandon(mut self, router: &Router) {
+        let calls = leave(router, &self.user, &self.me, &mut self.rx, Vec::new());
+        debug!(calls = calls, "upgrade abandoned");
+    }
+}
+
+/// Unregisters a socket, closes its outbox and tells every call it was
+/// part of (known to it, or still queued) that it is gone. Returns how many.
+fn leave(
+    router: &Router,
+    user: &Address,
+    me: &Peer,
+    rx: &mut mpsc::Receiver<Out>,
+    mut calls: Vec<CallId>,
+) -> usize {
+    router.unregister(user, me.id);
+    rx.close();
+    while let Ok(out) = rx.try_recv() {
+        match out {
+            Out::Attach(c) => calls.push(c),
+            Out::Detach(c) => calls.retain(|x| *x != c),
+            Out::Frame(_) => {}
+        }
+    }
+    for call in &calls {
+        router.gone(me.id, call);
+    }
+    router.metrics().sessions.dec();
+    calls.len()
+}
+
+/// Runs one authenticated, registered socket to its end.
 pub async fn run<S>(
     mut ws: WebSocketStream<S>,
-    user: Address,
+    reg: Registered,
     router: Arc<Router>,
     limits: Limits,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let id = router.next_peer_id();
-    let span = info_span!("session", id, user = %user);
+    let span = info_span!("session", id = reg.me.id, user = %reg.user);
     async move {
-        let (tx, mut rx) = mpsc::channel(limits.outbox_frames);
-        let kill = CancellationToken::new();
-        let me = Peer::new(id, tx, kill.clone());
-        router.register(&user, me.clone());
-        router.metrics().sessions.inc();
+        let Registered {
+            user,
+            me,
+            mut rx,
+            kill,
+        } = reg;
         info!("connected");
         let cfg = PumpConfig::from_limits(&limits);
         let mut s = Session {
@@ -129,12 +187,8 @@ pub async fn run<S>(
             calls: SmallVec::new(),
         };
         let close = pump(&mut ws, &mut rx, &kill, &shutdown, &cfg, &mut s).await;
-        s.router.unregister(&s.user, s.me.id);
-        rx.close();
-        for call in std::mem::take(&mut s.calls) {
-            s.router.gone(s.me.id, &call);
-        }
-        s.router.metrics().sessions.dec();
+        let calls = std::mem::take(&mut s.calls).into_vec();
+        leave(&s.router, &s.user, &s.me, &mut rx, calls);
         close_socket(&mut ws, close).await;
     }
     .instrument(span)
@@ -183,6 +237,12 @@ where
                 };
                 if res.is_err() {
                     return None;
+                }
+                // Attach/detach may have moved the handler's own deadline.
+                if let Some(w) = h.wake_at()
+                    && w < keepalive.deadline()
+                {
+                    keepalive.as_mut().reset(w);
                 }
             }
             msg = ws.next() => {
@@ -253,6 +313,9 @@ where
                     }
                 }
                 let next = if pinged { last_heard + cfg.dead_after } else { last_heard + cfg.ping_after };
+                let next = h
+                    .wake_at()
+                    .map_or(next, |w| w.max(now + Duration::from_millis(10)).min(next));
                 keepalive.as_mut().reset(next);
             }
         }

@@ -564,3 +564,99 @@ async fn two_hundred_calls_in_parallel_over_one_link() {
         (N * CANDIDATES) as f64
     );
 }
+
+#[tokio::test]
+async fn an_idle_link_is_closed_and_the_next_call_opens_a_new_one() {
+    let net = Net::new("fed-idle").await;
+    let a = net.server("a.test", "link_idle_timeout = \"200ms\"").await;
+    let b = net.server("b.test", "").await;
+    let mut alice = a.connect_online("alice@a.test").await;
+    let mut bob = b.connect_online("bob@b.test").await;
+    for (n, id) in ["idle-call-1", "idle-call-2"].into_iter().enumerate() {
+        alice.send(invite("alice@a.test", "bob@b.test", id)).await;
+        bob.expect("invite").await;
+        bob.send(bye(id, 486)).await;
+        alice.expect_bye(486).await;
+        // The link closes once idle, on both sides.
+        a.wait_metric("wspd_links{direction=\"out\"}", 0.0).await;
+        b.wait_metric("wspd_links{direction=\"in\"}", 0.0).await;
+        let ok = a.metric("wspd_link_attempts_total{result=\"ok\"}").await;
+        assert_eq!(ok, (n + 1) as f64);
+    }
+}
+
+/// b.test's server process is killed (SIGKILL) mid-call: alice hears 410
+/// as soon as the TCP connection reports the loss, not after keepalive.
+#[tokio::test]
+async fn peer_process_killed_mid_call() {
+    use tokio::io::AsyncBufReadExt;
+    let net = Net::new("fed-kill").await;
+    let a = net.server("a.test", "").await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let root = std::env::current_dir().unwrap();
+    let cfg = net.dir.join("b.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "domain = \"b.test\"\nlisten = \"127.0.0.1:{port}\"\n[auth]\nsecret = \"{SECRET}\"\n\
+             [tls]\ncert = \"{r}/certs/b.test.pem\"\nkey = \"{r}/certs/b.test-key.pem\"\n\
+             [federation]\nkey = \"b.key\"\nresolver = \"{}\"\nca = \"{r}/certs/ca.pem\"\n",
+            net.dns.addr,
+            r = root.display()
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wspd"))
+        .arg("--config")
+        .arg(&cfg)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("wspd runs");
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    let b_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    net.publish("b.test", "b.test", b_addr);
+    let b_token = {
+        let c = config_in("b.test", "", Path::new("."));
+        wspd::auth::Tokens::new(&c.domain, &c.auth.secret)
+            .mint(
+                &wspd::address::Address::parse("bob@b.test").unwrap(),
+                std::time::Duration::from_secs(60),
+            )
+            .0
+    };
+    let mut alice = a.connect_online("alice@a.test").await;
+    let mut bob = Client::connect_tls(b_addr, "b.test", &b_token).await;
+    bob.expect_nothing().await;
+    answered_call(
+        &mut alice,
+        &mut bob,
+        "alice@a.test",
+        "bob@b.test",
+        "killed-1",
+    )
+    .await;
+
+    child.kill().await.unwrap();
+    let f = alice.expect_bye(410).await;
+    assert_eq!(f[2]["call"], "killed-1");
+    assert_eq!(a.metric("wspd_calls_active").await, 0.0);
+    assert_eq!(
+        a.metric("wspd_link_failures_total{reason=\"broken\"}")
+            .await,
+        1.0
+    );
+}

@@ -820,9 +820,13 @@ impl Handler for LinkHandler {
     }
 
     fn on_tick(&mut self, now: Instant) -> Option<Close> {
-        match self.idle_since {
-            Some(t) if now >= t + self.idle_after => Some(Close::new(1000, "idle")),
+        match self.wake_at() {
+            Some(t) if now >= t => Some(Close::new(1000, "idle")),
             _ => None,
         }
+    }
+
+    fn wake_at(&self) -> Option<Instant> {
+        self.idle_since.map(|t| t + self.idle_after)
     }
 }

@@ -237,7 +237,9 @@ impl Client {
             "Authorization",
             HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
         );
-        let (ws, resp) = tokio_tungstenite::connect_async(req)
+        // TCP_NODELAY: with Nagle a small write can wait for an ACK, and
+        // under paused time the clock may jump meanwhile.
+        let (ws, resp) = tokio_tungstenite::connect_async_with_config(req, None, true)
             .await
             .expect("upgrade accepted");
         assert_eq!(
@@ -262,6 +264,7 @@ impl Client {
             HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
         );
         let tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
         let (ws, _) = tokio_tungstenite::client_async_tls_with_config(
             req,
             tcp,
@@ -492,11 +495,27 @@ impl TestServer {
         }
     }
 
-    /// Connects and waits until the socket is reachable for calls. The
-    /// server registers a socket just after the upgrade's 101 is written,
-    /// so on a multi-threaded runtime an invite sent right after
-    /// [`TestServer::connect`] may find the user still offline; a probe's
-    /// answer proves the session is running, hence registered.
+    /// Waits until a metric (as `/metrics` shows it) has this value; polls
+    /// the observable condition, bounded by [`WAIT`] of real time.
+    pub async fn wait_metric(&self, name: &str, value: f64) {
+        let start = std::time::Instant::now();
+        loop {
+            let now = self.metric(name).await;
+            if now == value {
+                return;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "expected {name} = {value}, it stays {now}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Connects and proves the session is running with a probe. (The
+    /// server registers a socket before it answers the upgrade, so a plain
+    /// [`TestServer::connect`] is already reachable; this also proves the
+    /// socket is being read.)
     pub async fn connect_online(&self, user: &str) -> Client {
         let mut c = self.connect(user).await;
         c.expect_nothing().await;
