@@ -189,6 +189,7 @@ impl<'de> Deserialize<'de> for AnyString {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "an object {uri, name?}")]
 struct PartyWire<'a> {
     #[serde(borrow)]
     uri: Cow<'a, str>,
@@ -197,6 +198,7 @@ struct PartyWire<'a> {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "an object {caller, callee}")]
 struct InviteWire<'a> {
     #[serde(borrow)]
     caller: PartyWire<'a>,
@@ -205,6 +207,7 @@ struct InviteWire<'a> {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "an RTCSessionDescriptionInit object {type, sdp}")]
 struct DescriptionWire<'a> {
     #[serde(rename = "type", borrow)]
     kind: Cow<'a, str>,
@@ -213,6 +216,7 @@ struct DescriptionWire<'a> {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "an RTCIceCandidateInit object or null")]
 #[allow(dead_code)] // checked for the types of its fields only
 struct CandidateWire {
     candidate: Option<AnyString>,
@@ -225,6 +229,7 @@ struct CandidateWire {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "an object {code, description?}")]
 struct ByeWire {
     code: u16,
     #[allow(dead_code)]
@@ -232,6 +237,7 @@ struct ByeWire {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "an object")]
 struct OptionsWire<'a> {
     #[serde(borrow)]
     call: Option<Cow<'a, str>>,
