@@ -104,6 +104,36 @@ impl Tokens {
     }
 }
 
+/// One RTCIceServer entry with time-limited TURN credentials, in coturn's
+/// shared-secret scheme (`use-auth-secret`): the username is
+/// `<expiry unix seconds>:<user address>` and the credential is
+/// base64(HMAC-SHA1(secret, username)).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    pub username: String,
+    pub credential: String,
+}
+
+pub fn turn_credentials(turn: &crate::config::Turn, user: &Address) -> IceServer {
+    turn_credentials_until(turn, user, unix_now() + turn.ttl.as_secs())
+}
+
+fn turn_credentials_until(turn: &crate::config::Turn, user: &Address, expiry: u64) -> IceServer {
+    use base64::Engine;
+    let username = format!("{expiry}:{user}");
+    let key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        turn.secret.as_bytes(),
+    );
+    let tag = ring::hmac::sign(&key, username.as_bytes());
+    IceServer {
+        urls: turn.urls.clone(),
+        username,
+        credential: base64::engine::general_purpose::STANDARD.encode(tag.as_ref()),
+    }
+}
+
 /// The users file: `[users]` maps a user name to its argon2 PHC hash.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -210,6 +240,36 @@ mod tests {
         let old =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &t.encoding).unwrap();
         assert_eq!(t.verify(&old), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn turn_credentials_follow_coturn() {
+        let turn = crate::config::Turn {
+            urls: vec!["turn:turn.test:3478".into()],
+            secret: "coturn-shared-secret".into(),
+            ttl: Duration::from_secs(600),
+        };
+        let alice = Address::parse("alice@a.test").unwrap();
+        let ice = turn_credentials(&turn, &alice);
+        let (expiry, user) = ice.username.split_once(':').unwrap();
+        assert_eq!(user, "alice@a.test");
+        let expiry: u64 = expiry.parse().unwrap();
+        assert!(expiry >= unix_now() + 599 && expiry <= unix_now() + 600);
+        // The same computation as coturn's: HMAC-SHA1 keyed by the secret.
+        let key = ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+            b"coturn-shared-secret",
+        );
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(&ice.credential)
+            .unwrap();
+        assert!(ring::hmac::verify(&key, ice.username.as_bytes(), &raw).is_ok());
+        assert_eq!(raw.len(), 20);
+        // A known answer, computed independently (Python's hmac module).
+        let known = turn_credentials_until(&turn, &alice, 1_700_000_000);
+        assert_eq!(known.username, "1700000000:alice@a.test");
+        assert_eq!(known.credential, "t+kPUW+I8iKIwQHFpahH4VnO2OQ=");
     }
 
     #[test]

@@ -51,6 +51,20 @@ pub struct Config {
     pub limits: Limits,
     /// Present when `[federation]` is configured.
     pub federation: Option<Federation>,
+    /// Present when `[turn]` is configured.
+    pub turn: Option<Turn>,
+}
+
+/// `[turn]`: TURN servers whose time-limited credentials clients get
+/// (coturn's `use-auth-secret` scheme).
+#[derive(Debug, Clone)]
+pub struct Turn {
+    /// `turn:` / `turns:` / `stun:` URLs, as RTCIceServer.urls.
+    pub urls: Vec<String>,
+    /// The secret shared with the TURN server (`static-auth-secret`).
+    pub secret: String,
+    /// How long credentials are valid.
+    pub ttl: Duration,
 }
 
 /// `[federation]`: calls to and from other domains.
@@ -150,6 +164,15 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     federation: Option<RawFederation>,
+    turn: Option<RawTurn>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTurn {
+    urls: Vec<String>,
+    secret: String,
+    ttl: Option<ConfDuration>,
 }
 
 #[derive(Deserialize)]
@@ -356,6 +379,7 @@ impl Config {
                 Some(federation(f, base)?)
             }
         };
+        let turn = raw.turn.map(turn).transpose()?;
         Ok(Config {
             domain,
             listen,
@@ -363,6 +387,7 @@ impl Config {
             tls,
             limits,
             federation,
+            turn,
         })
     }
 }
@@ -435,6 +460,37 @@ fn federation(f: RawFederation, base: &Path) -> Result<Federation, ConfigError> 
         ));
     }
     Ok(fed)
+}
+
+fn turn(t: RawTurn) -> Result<Turn, ConfigError> {
+    if t.urls.is_empty() {
+        return Err(invalid(
+            "turn.urls",
+            "list at least one turn:, turns: or stun: URL",
+        ));
+    }
+    if let Some(u) = t
+        .urls
+        .iter()
+        .find(|u| !(u.starts_with("turn:") || u.starts_with("turns:") || u.starts_with("stun:")))
+    {
+        return Err(invalid(
+            "turn.urls",
+            format!("{u:?} is not a turn:, turns: or stun: URL"),
+        ));
+    }
+    if t.secret.len() < 16 {
+        return Err(invalid("turn.secret", "must be at least 16 bytes"));
+    }
+    let ttl = t.ttl.map_or(Duration::from_secs(12 * 3600), |d| d.0);
+    if ttl.is_zero() {
+        return Err(invalid("turn.ttl", "must be more than zero"));
+    }
+    Ok(Turn {
+        urls: t.urls,
+        secret: t.secret,
+        ttl,
+    })
 }
 
 /// `host:port`, `1.2.3.4:port` or `[::1]:port`.
@@ -565,6 +621,26 @@ secret = "0123456789abcdef0123456789abcdef"
             "{MIN}{tls}[federation]\nresolver = \"dns.example\"\n"
         ));
         assert!(e.contains("federation.resolver"), "{e}");
+    }
+
+    #[test]
+    fn turn_section() {
+        let c = Config::parse(
+            &format!("{MIN}[turn]\nurls = [\"turn:turn.example.org:3478\"]\nsecret = \"0123456789abcdef\"\n"),
+            Path::new("."),
+        )
+        .unwrap();
+        let t = c.turn.unwrap();
+        assert_eq!(t.urls, ["turn:turn.example.org:3478"]);
+        assert_eq!(t.ttl, Duration::from_secs(43200));
+        let e = err(&format!(
+            "{MIN}[turn]\nurls = [\"http://x\"]\nsecret = \"0123456789abcdef\"\n"
+        ));
+        assert!(e.contains("turn.urls"), "{e}");
+        let e = err(&format!(
+            "{MIN}[turn]\nurls = [\"turn:x\"]\nsecret = \"short\"\n"
+        ));
+        assert!(e.contains("turn.secret"), "{e}");
     }
 
     #[test]

@@ -199,11 +199,14 @@ async fn route(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             app.metrics.render(),
         ),
-        (_, "/wsp" | "/token" | "/healthz" | "/metrics") => json_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method-not-allowed",
-            "method not allowed here",
-        ),
+        (&Method::GET, "/session") => session_info(&app, &req),
+        (_, "/wsp" | "/token" | "/session" | "/healthz" | "/metrics" | "/.well-known/wsp/keys") => {
+            json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "method not allowed here",
+            )
+        }
         _ => json_error(StatusCode::NOT_FOUND, "not-found", "no such endpoint"),
     };
     Ok(res)
@@ -336,17 +339,10 @@ async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, conn: Conn) -> Respo
         return switching_protocols(&accept, offered);
     }
 
-    let user = match bearer_token(&req)
-        .ok_or(TokenError::Missing)
-        .and_then(|t| app.tokens.verify(&t))
-    {
+    let user = match authenticate(&app, &req) {
         Ok(u) => u,
-        Err(e) => {
-            app.metrics.refused(Refusal::Unauthorized);
-            info!(%remote, reason = e.id(), "upgrade refused");
-            let mut r = json_error(StatusCode::UNAUTHORIZED, e.id(), &e.to_string());
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        Err(r) => {
+            info!(%remote, "upgrade refused");
             return r;
         }
     };
@@ -396,6 +392,44 @@ fn switching_protocols(accept: &str, offered: bool) -> Response<Body> {
         );
     }
     r
+}
+
+/// Checks the request's access token (as for `/wsp`); a refusal is the
+/// 401 to answer.
+fn authenticate(app: &App, req: &Request<Incoming>) -> Result<Address, Response<Body>> {
+    bearer_token(req)
+        .ok_or(TokenError::Missing)
+        .and_then(|t| app.tokens.verify(&t))
+        .map_err(|e| {
+            app.metrics.refused(Refusal::Unauthorized);
+            let mut r = json_error(StatusCode::UNAUTHORIZED, e.id(), &e.to_string());
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        })
+}
+
+/// What a client needs besides its socket: TURN credentials (empty
+/// without `[turn]`).
+fn ice_servers(app: &App, user: &Address) -> serde_json::Value {
+    match &app.config.turn {
+        Some(turn) => serde_json::json!([crate::auth::turn_credentials(turn, user)]),
+        None => serde_json::json!([]),
+    }
+}
+
+/// `GET /session`: checks a token the way `/wsp` would, and answers the
+/// user it names and its ICE servers. Browsers cannot see why a WebSocket
+/// upgrade failed; this tells a refused token (final) from a network
+/// failure (worth retrying).
+fn session_info(app: &App, req: &Request<Incoming>) -> Response<Body> {
+    match authenticate(app, req) {
+        Ok(user) => json(
+            StatusCode::OK,
+            serde_json::json!({ "user": user.as_str(), "iceServers": ice_servers(app, &user) }),
+        ),
+        Err(r) => r,
+    }
 }
 
 #[derive(Deserialize)]
@@ -466,7 +500,12 @@ async fn login(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             info!(user = %a, "login");
             json(
                 StatusCode::OK,
-                serde_json::json!({ "token": token, "expires": expires, "user": a.as_str() }),
+                serde_json::json!({
+                    "token": token,
+                    "expires": expires,
+                    "user": a.as_str(),
+                    "iceServers": ice_servers(&app, &a),
+                }),
             )
         }
         _ => {
