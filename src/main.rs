@@ -49,6 +49,12 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Check, step by step, whether this server federates with DOMAIN:
+    /// discovery, TCP, TLS, its keys, a signed link. Exits 1 if a step fails.
+    Check {
+        /// The other server's domain, e.g. b.example.
+        domain: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -69,6 +75,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The report on stdout already says what failed.
+        Err(e) if e.is::<CheckFailed>() => std::process::ExitCode::FAILURE,
         Err(e) => {
             eprintln!("wspd: {e:#}");
             std::process::ExitCode::FAILURE
@@ -96,6 +104,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Some(Command::Check { domain }) => check(&config, cli.config.as_deref(), &domain),
         Some(Command::User {
             command: UserCommand::Add { name },
         }) => {
@@ -125,11 +134,45 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// `wspd check` found a failing step (the report says which).
+#[derive(Debug, thiserror::Error)]
+#[error("the check failed")]
+struct CheckFailed;
+
+fn check(config: &Config, path: Option<&Path>, domain: &str) -> anyhow::Result<()> {
+    if config.federation.is_none() {
+        let which = match path {
+            Some(p) => p.display().to_string(),
+            None if Path::new("config.toml").exists() => "./config.toml".into(),
+            None => "the embedded default config".into(),
+        };
+        bail!(
+            "{which} has no [federation] section: this server does not federate, \
+             so there is nothing to check (add [federation], or pass --config PATH)"
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(wspd::federation::check::check(config, domain))?;
+    println!(
+        "wspd check {}: can {} federate with it?",
+        report.domain, report.origin
+    );
+    println!("{report}");
+    if report.passed() {
+        Ok(())
+    } else {
+        Err(CheckFailed.into())
+    }
+}
+
 fn run(config: Config, log_format: LogFormat) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match log_format {
         LogFormat::Text => builder.init(),

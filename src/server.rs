@@ -341,9 +341,9 @@ async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, conn: Conn) -> Respo
 
     let user = match authenticate(&app, &req) {
         Ok(u) => u,
-        Err(r) => {
-            info!(%remote, "upgrade refused");
-            return r;
+        Err(e) => {
+            info!(%remote, reason = e.id(), "upgrade refused");
+            return unauthorized(&e);
         }
     };
 
@@ -394,19 +394,20 @@ fn switching_protocols(accept: &str, offered: bool) -> Response<Body> {
     r
 }
 
-/// Checks the request's access token (as for `/wsp`); a refusal is the
-/// 401 to answer.
-fn authenticate(app: &App, req: &Request<Incoming>) -> Result<Address, Response<Body>> {
+/// Checks the request's access token (as for `/wsp`).
+fn authenticate(app: &App, req: &Request<Incoming>) -> Result<Address, TokenError> {
     bearer_token(req)
         .ok_or(TokenError::Missing)
         .and_then(|t| app.tokens.verify(&t))
-        .map_err(|e| {
-            app.metrics.refused(Refusal::Unauthorized);
-            let mut r = json_error(StatusCode::UNAUTHORIZED, e.id(), &e.to_string());
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            r
-        })
+        .inspect_err(|_| app.metrics.refused(Refusal::Unauthorized))
+}
+
+/// The 401 for a refused token.
+fn unauthorized(e: &TokenError) -> Response<Body> {
+    let mut r = json_error(StatusCode::UNAUTHORIZED, e.id(), &e.to_string());
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
 }
 
 /// What a client needs besides its socket: TURN credentials (empty
@@ -428,7 +429,7 @@ fn session_info(app: &App, req: &Request<Incoming>) -> Response<Body> {
             StatusCode::OK,
             serde_json::json!({ "user": user.as_str(), "iceServers": ice_servers(app, &user) }),
         ),
-        Err(r) => r,
+        Err(e) => unauthorized(&e),
     }
 }
 

@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
-use common::dns::TestDns;
 use common::*;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -15,61 +14,6 @@ use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use wspd::federation::keys::{self, LinkKey};
-
-const LOCAL: Ipv4Addr = Ipv4Addr::LOCALHOST;
-
-/// A small federation: a DNS server and the servers of some domains.
-struct Net {
-    dns: TestDns,
-    dir: PathBuf,
-}
-
-impl Net {
-    async fn new(tag: &str) -> Net {
-        Net {
-            dns: TestDns::start().await,
-            dir: temp_dir(tag),
-        }
-    }
-
-    fn config(&self, domain: &str, cert: &str, extra: &str) -> wspd::config::Config {
-        config_in(
-            domain,
-            &format!(
-                "[tls]\ncert = \"certs/{cert}.pem\"\nkey = \"certs/{cert}-key.pem\"\n\
-                 [federation]\nkey = \"{}\"\nresolver = \"{}\"\nca = \"certs/ca.pem\"\n\
-                 lookup_timeout = \"2s\"\nconnect_timeout = \"2s\"\n{extra}",
-                self.key_path(domain).display(),
-                self.dns.addr
-            ),
-            Path::new("."),
-        )
-    }
-
-    fn key_path(&self, domain: &str) -> PathBuf {
-        self.dir.join(format!("{domain}.key"))
-    }
-
-    /// Starts `domain`'s server with its own certificate and publishes
-    /// `_wsp._tcp.<domain>` SRV -> `<domain>`:port and its A record.
-    async fn server(&self, domain: &str, extra: &str) -> TestServer {
-        let s = TestServer::start(self.config(domain, domain, extra)).await;
-        self.publish(domain, domain, s.addr());
-        s
-    }
-
-    fn publish(&self, domain: &str, target: &str, addr: SocketAddr) {
-        self.dns.add_srv(
-            &format!("_wsp._tcp.{domain}"),
-            10,
-            0,
-            addr.port(),
-            target,
-            60,
-        );
-        self.dns.add_a(target, LOCAL, 60);
-    }
-}
 
 /// Alice on a.test calls Bob on b.test, from invite to both bye 101.
 #[tokio::test]

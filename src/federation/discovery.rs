@@ -187,6 +187,48 @@ impl Discovery {
     }
 }
 
+/// One SRV record of `_wsp._tcp.D` (see [`Discovery::srv_records`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrvRecord {
+    pub priority: u16,
+    pub weight: u16,
+    pub port: u16,
+    /// Fully qualified (`b.test.`); `.` for "no service here".
+    pub target: String,
+}
+
+impl Discovery {
+    /// The SRV records of `_wsp._tcp.D` as this discovery's resolver has
+    /// them (from its cache right after [`Discovery::resolve`]), ordered by
+    /// priority; empty when there are none, and for a `[federation.peers]`
+    /// domain, which is not looked up. Bounded by `federation.lookup_timeout`.
+    /// For `wspd check`, which explains what [`Discovery::resolve`] found.
+    pub async fn srv_records(&self, domain: &str) -> Result<Vec<SrvRecord>, DiscoveryError> {
+        let inner = &*self.inner;
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        if inner.peers.contains_key(&domain) {
+            return Ok(Vec::new());
+        }
+        let mut targets = tokio::time::timeout(inner.lookup_timeout, inner.srv_targets(&domain))
+            .await
+            .map_err(|_| DiscoveryError::Timeout)??;
+        targets.sort_by_key(|t| t.priority);
+        Ok(targets
+            .into_iter()
+            .map(|t| SrvRecord {
+                priority: t.priority,
+                weight: t.weight,
+                port: t.port,
+                target: if t.host.is_empty() {
+                    ".".into()
+                } else {
+                    t.host
+                },
+            })
+            .collect())
+    }
+}
+
 impl Inner {
     fn failures(&self) -> std::sync::MutexGuard<'_, Failures> {
         // The map stays consistent whatever panicked while it was held.
@@ -210,11 +252,12 @@ impl Inner {
             .collect())
     }
 
-    async fn by_dns(&self, domain: &str) -> Result<Vec<SocketAddr>, DiscoveryError> {
+    /// The SRV records of `_wsp._tcp.D.`, as received; empty when there are none.
+    async fn srv_targets(&self, domain: &str) -> Result<Vec<Target>, DiscoveryError> {
         let srv_name = Name::from_ascii(format!("_wsp._tcp.{domain}."))
             .map_err(|_| DiscoveryError::NoService(format!("{domain:?} is not a domain name")))?;
-        let targets = match self.resolver.srv_lookup(srv_name).await {
-            Ok(lookup) => lookup
+        match self.resolver.srv_lookup(srv_name).await {
+            Ok(lookup) => Ok(lookup
                 .answers()
                 .iter()
                 .filter_map(|r| match &r.data {
@@ -234,10 +277,14 @@ impl Inner {
                     }),
                     _ => None,
                 })
-                .collect::<Vec<_>>(),
-            Err(e) if no_records(&e) => Vec::new(),
-            Err(e) => return Err(map_error(e, domain)),
-        };
+                .collect()),
+            Err(e) if no_records(&e) => Ok(Vec::new()),
+            Err(e) => Err(map_error(e, domain)),
+        }
+    }
+
+    async fn by_dns(&self, domain: &str) -> Result<Vec<SocketAddr>, DiscoveryError> {
+        let targets = self.srv_targets(domain).await?;
 
         if targets.is_empty() {
             // No SRV records: the domain itself on the default port.

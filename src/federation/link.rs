@@ -151,6 +151,19 @@ impl Links {
         tasks: TaskTracker,
     ) -> Result<Links, LinksError> {
         let key = LinkKey::load_or_create(&fed.key)?;
+        Links::with_key(config, fed, key, metrics, shutdown, tasks)
+    }
+
+    /// [`Links::new`] with the link key given (`wspd check` must not
+    /// create the server's key file).
+    pub(crate) fn with_key(
+        config: &Config,
+        fed: &Federation,
+        key: LinkKey,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Result<Links, LinksError> {
         let discovery = Discovery::new(fed, metrics.clone())?;
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -200,6 +213,11 @@ impl Links {
         &self.discovery
     }
 
+    /// The id of the key this server signs its links with.
+    pub(crate) fn key_id(&self) -> &str {
+        self.key.id()
+    }
+
     /// The link to `domain` for a new call: the one up or being opened, or a
     /// new one. Refused at once by policy or while backing off.
     pub fn link_for(self: &Arc<Self>, router: &Arc<Router>, domain: &str) -> Result<Peer, Refused> {
@@ -229,7 +247,8 @@ impl Links {
                 let links = self.clone();
                 let router = router.clone();
                 let domain = domain.to_string();
-                let span = info_span!("link", dir = "out", peer = %domain, id = peer.id);
+                let span =
+                    info_span!(parent: None, "link", dir = "out", peer = %domain, id = peer.id);
                 let p = peer.clone();
                 self.tasks.spawn(
                     async move { links.run_outbound(router, domain, p, rx, kill).await }
@@ -411,14 +430,48 @@ impl Links {
         domain: &str,
     ) -> Result<WebSocketStream<TlsStream<TcpStream>>, LinkFailure> {
         let tls = self.tls_connect(addr, name).await?;
-        let exporter = keys::client_exporter(tls.get_ref().1).ok_or_else(|| {
-            LinkFailure::new(
+        self.upgrade(tls, domain).await.map_err(|e| match e {
+            UpgradeError::NoExporter => LinkFailure::new(
                 "tls",
                 502,
                 "The callee's server answered wrongly",
                 "no TLS exporter",
-            )
-        })?;
+            ),
+            UpgradeError::Refused { status, body } => {
+                let body = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+                if status == StatusCode::FORBIDDEN {
+                    LinkFailure::new(
+                        "refused",
+                        403,
+                        "The callee's server refuses federation with this domain",
+                        format!("{status} {body}"),
+                    )
+                } else {
+                    LinkFailure::new(
+                        "auth",
+                        502,
+                        "The callee's server did not accept this server's link",
+                        format!("{status} {body}"),
+                    )
+                }
+            }
+            UpgradeError::Protocol(detail) => LinkFailure::new(
+                "protocol",
+                502,
+                "The callee's server answered wrongly",
+                detail,
+            ),
+        })
+    }
+
+    /// The link upgrade to `domain` on a TLS connection to it, signed with
+    /// this server's key and bound to that TLS session.
+    pub(crate) async fn upgrade(
+        &self,
+        tls: TlsStream<TcpStream>,
+        domain: &str,
+    ) -> Result<WebSocketStream<TlsStream<TcpStream>>, UpgradeError> {
+        let exporter = keys::client_exporter(tls.get_ref().1).ok_or(UpgradeError::NoExporter)?;
         let auth = LinkAuth {
             origin: self.domain.clone(),
             destination: domain.to_string(),
@@ -427,14 +480,7 @@ impl Links {
         };
         let mut req = format!("wss://{domain}/wsp")
             .into_client_request()
-            .map_err(|e| {
-                LinkFailure::new(
-                    "protocol",
-                    502,
-                    "The callee's server answered wrongly",
-                    e.to_string(),
-                )
-            })?;
+            .map_err(|e| UpgradeError::Protocol(e.to_string()))?;
         let h = req.headers_mut();
         h.insert(
             "Sec-WebSocket-Protocol",
@@ -451,35 +497,11 @@ impl Links {
         .await
         {
             Ok((ws, _)) => Ok(ws),
-            Err(WsError::Http(resp)) => {
-                let status = resp.status();
-                let body = resp
-                    .body()
-                    .as_deref()
-                    .map(|b| String::from_utf8_lossy(&b[..b.len().min(200)]).into_owned())
-                    .unwrap_or_default();
-                Err(if status == StatusCode::FORBIDDEN {
-                    LinkFailure::new(
-                        "refused",
-                        403,
-                        "The callee's server refuses federation with this domain",
-                        format!("{status} {body}"),
-                    )
-                } else {
-                    LinkFailure::new(
-                        "auth",
-                        502,
-                        "The callee's server did not accept this server's link",
-                        format!("{status} {body}"),
-                    )
-                })
-            }
-            Err(e) => Err(LinkFailure::new(
-                "protocol",
-                502,
-                "The callee's server answered wrongly",
-                e.to_string(),
-            )),
+            Err(WsError::Http(resp)) => Err(UpgradeError::Refused {
+                status: resp.status(),
+                body: resp.body().clone().unwrap_or_default(),
+            }),
+            Err(e) => Err(UpgradeError::Protocol(e.to_string())),
         }
     }
 
@@ -490,7 +512,7 @@ impl Links {
         addr: SocketAddr,
         name: &ServerName<'static>,
     ) -> Result<TlsStream<TcpStream>, LinkFailure> {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| {
+        let tcp = tcp_connect(addr).await.map_err(|e| {
             LinkFailure::new(
                 "connect",
                 504,
@@ -498,13 +520,8 @@ impl Links {
                 format!("{addr}: {e}"),
             )
         })?;
-        let _ = tcp.set_nodelay(true);
-        self.tls.connect(name.clone(), tcp).await.map_err(|e| {
-            let bad_cert = e
-                .get_ref()
-                .and_then(|i| i.downcast_ref::<rustls::Error>())
-                .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
-            if bad_cert {
+        self.tls_handshake(tcp, name).await.map_err(|e| {
+            if certificate_error(&e).is_some() {
                 LinkFailure::new(
                     "tls",
                     502,
@@ -520,6 +537,16 @@ impl Links {
                 )
             }
         })
+    }
+
+    /// The TLS handshake of a link (TLS 1.3, SNI `name`), the certificate
+    /// checked for `name` against the webpki roots and `[federation] ca`.
+    pub(crate) async fn tls_handshake(
+        &self,
+        tcp: TcpStream,
+        name: &ServerName<'static>,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        self.tls.connect(name.clone(), tcp).await
     }
 
     /// Checks an incoming link's `Authorization: WSP-Link ...` header,
@@ -631,30 +658,7 @@ impl Links {
         for addr in addrs {
             let fetch = async {
                 let tls = self.tls_connect(addr, &name).await.map_err(|f| f.detail)?;
-                let (mut send, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                let conn = tokio::spawn(conn);
-                let req = hyper::Request::get("/.well-known/wsp/keys")
-                    .header(hyper::header::HOST, origin)
-                    .body(Empty::<Bytes>::new())
-                    .map_err(|e| e.to_string())?;
-                let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-                if resp.status() != StatusCode::OK {
-                    conn.abort();
-                    return Err(format!(
-                        "GET /.well-known/wsp/keys answered {}",
-                        resp.status()
-                    ));
-                }
-                let body = Limited::new(resp.into_body(), MAX_KEYS_DOC)
-                    .collect()
-                    .await
-                    .map_err(|e| format!("keys document: {e}"))?
-                    .to_bytes();
-                conn.abort();
-                PublishedKeys::parse(&body, origin).map_err(|e| e.to_string())
+                get_keys(tls, origin).await
             };
             match tokio::time::timeout(self.fed.connect_timeout, fetch).await {
                 Ok(Ok(k)) => return Ok(k),
@@ -678,7 +682,7 @@ impl Links {
         let kill = CancellationToken::new();
         let peer = Peer::new(router.next_peer_id(), tx, kill.clone());
         let id = peer.id;
-        let span = info_span!("link", dir = "in", peer = %origin, id);
+        let span = info_span!(parent: None, "link", dir = "in", peer = %origin, id);
         async move {
             self.metrics.link_up("in", 1);
             info!("link accepted");
@@ -722,6 +726,63 @@ fn drain_calls(rx: &mut mpsc::Receiver<Out>, mut calls: Vec<CallId>) -> Vec<Call
         }
     }
     calls
+}
+
+/// Why a signed link upgrade was not accepted.
+#[derive(Debug)]
+pub(crate) enum UpgradeError {
+    /// The TLS session has no exporter to bind the signature to.
+    NoExporter,
+    /// The server answered the upgrade with this status (and body).
+    Refused { status: StatusCode, body: Vec<u8> },
+    /// A bad request, an I/O error, an answer that is not HTTP.
+    Protocol(String),
+}
+
+/// A TCP connection to `addr` with Nagle off.
+pub(crate) async fn tcp_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let tcp = TcpStream::connect(addr).await?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// What was wrong with the certificate, when a TLS handshake failed on it.
+pub(crate) fn certificate_error(e: &std::io::Error) -> Option<&rustls::CertificateError> {
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(c) => Some(c),
+        _ => None,
+    }
+}
+
+/// `GET /.well-known/wsp/keys` on a TLS connection to `origin`'s server:
+/// its published keys (at most [`MAX_KEYS_DOC`] bytes, for `origin`).
+pub(crate) async fn get_keys(
+    tls: TlsStream<TcpStream>,
+    origin: &str,
+) -> Result<PublishedKeys, String> {
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    let conn = tokio::spawn(conn);
+    let req = hyper::Request::get("/.well-known/wsp/keys")
+        .header(hyper::header::HOST, origin)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    if resp.status() != StatusCode::OK {
+        conn.abort();
+        return Err(format!(
+            "GET /.well-known/wsp/keys answered {}",
+            resp.status()
+        ));
+    }
+    let body = Limited::new(resp.into_body(), MAX_KEYS_DOC)
+        .collect()
+        .await
+        .map_err(|e| format!("keys document: {e}"))?
+        .to_bytes();
+    conn.abort();
+    PublishedKeys::parse(&body, origin).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -553,3 +553,85 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
 }
 
 pub mod dns;
+
+// ---- A small federation (tests/federation.rs, tests/check.rs) ----
+
+/// A small federation: a DNS server on loopback and the servers of some
+/// domains, all with TLS from certs/ and trusting the development CA.
+pub struct Net {
+    pub dns: dns::TestDns,
+    pub dir: std::path::PathBuf,
+}
+
+impl Net {
+    pub async fn new(tag: &str) -> Net {
+        Net {
+            dns: dns::TestDns::start().await,
+            dir: temp_dir(tag),
+        }
+    }
+
+    /// `domain`'s config with certificate `certs/<cert>.pem`, its link key
+    /// in this net's folder, this net's resolver; `extra` adds
+    /// `[federation]` keys or later sections.
+    pub fn config(&self, domain: &str, cert: &str, extra: &str) -> Config {
+        config_in(
+            domain,
+            &format!(
+                "[tls]\ncert = \"certs/{cert}.pem\"\nkey = \"certs/{cert}-key.pem\"\n\
+                 [federation]\nkey = \"{}\"\nresolver = \"{}\"\nca = \"certs/ca.pem\"\n\
+                 lookup_timeout = \"2s\"\nconnect_timeout = \"2s\"\n{extra}",
+                self.key_path(domain).display(),
+                self.dns.addr
+            ),
+            Path::new("."),
+        )
+    }
+
+    /// The same config as [`Net::config`] (certificate `certs/<domain>.pem`)
+    /// written to a file in this net's folder with absolute paths, for the
+    /// `wspd` binary run from any directory. Returns its path.
+    pub fn config_file(&self, domain: &str, extra: &str) -> std::path::PathBuf {
+        let root = std::env::current_dir().unwrap();
+        let path = self.dir.join(format!("{domain}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "domain = \"{domain}\"\nlisten = \"127.0.0.1:0\"\n[auth]\nsecret = \"{SECRET}\"\n\
+                 [tls]\ncert = \"{r}/certs/{domain}.pem\"\nkey = \"{r}/certs/{domain}-key.pem\"\n\
+                 [federation]\nkey = \"{}\"\nresolver = \"{}\"\nca = \"{r}/certs/ca.pem\"\n\
+                 lookup_timeout = \"2s\"\nconnect_timeout = \"2s\"\n{extra}",
+                self.key_path(domain).display(),
+                self.dns.addr,
+                r = root.display()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    pub fn key_path(&self, domain: &str) -> std::path::PathBuf {
+        self.dir.join(format!("{domain}.key"))
+    }
+
+    /// Starts `domain`'s server with its own certificate and publishes
+    /// `_wsp._tcp.<domain>` SRV -> `<domain>`:port and its A record.
+    pub async fn server(&self, domain: &str, extra: &str) -> TestServer {
+        let s = TestServer::start(self.config(domain, domain, extra)).await;
+        self.publish(domain, domain, s.addr());
+        s
+    }
+
+    /// `_wsp._tcp.<domain>` SRV -> `<target>`:port, and `<target>` A 127.0.0.1.
+    pub fn publish(&self, domain: &str, target: &str, addr: SocketAddr) {
+        self.dns.add_srv(
+            &format!("_wsp._tcp.{domain}"),
+            10,
+            0,
+            addr.port(),
+            target,
+            60,
+        );
+        self.dns.add_a(target, std::net::Ipv4Addr::LOCALHOST, 60);
+    }
+}

@@ -1,0 +1,377 @@
+// Test environment for the real-browser tests: a DNS server (dnsmasq), wspd
+// servers for a.test and b.test, tokens, and Debian's Chromium driven by
+// playwright-core. Everything here runs inside the network namespace that
+// run.mjs checks (loopback only); see /work/shared/design/browser-testing.md
+// and tests/browser/README.md.
+//
+// Every resource is registered with a Scope and released by scope.close(),
+// in reverse order, whether the test passed or failed. Child processes are
+// also killed when this Node process exits, whatever the reason.
+
+import { spawn, execFile } from 'node:child_process';
+import { once } from 'node:events';
+import { createWriteStream, existsSync, mkdirSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { Resolver } from 'node:dns/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+/** The repository's root folder. */
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const CERTS = path.join(ROOT, 'certs');
+/** Where screenshots and process logs go (kept after the run). */
+export const ARTIFACTS = path.resolve(
+  ROOT,
+  process.env.WSPD_BROWSER_ARTIFACTS ?? path.join('target', 'browser-artifacts'),
+);
+/** The wspd binary: $WSPD_BIN, else target/debug/wspd. */
+export const WSPD_BIN = path.resolve(ROOT, process.env.WSPD_BIN ?? path.join('target', 'debug', 'wspd'));
+export const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
+/** Default bound on every wait: short, because a failing setup costs all of it. */
+export const WAIT_MS = 10_000;
+
+/** Finds a program in PATH, then in the sbin folders (dnsmasq and ip live there). */
+export function which(name) {
+  const dirs = (process.env.PATH ?? '').split(':').concat(['/usr/sbin', '/sbin', '/usr/bin', '/bin']);
+  for (const d of dirs) {
+    if (d && existsSync(path.join(d, name))) return path.join(d, name);
+  }
+  return null;
+}
+
+// ---------------------------------------------------------------- cleanup
+
+const live = new Set(); // child processes still running
+
+function killAll() {
+  for (const child of live) {
+    try { child.kill('SIGKILL'); } catch { /* already gone */ }
+  }
+}
+process.on('exit', killAll);
+for (const [sig, n] of [['SIGINT', 2], ['SIGTERM', 15], ['SIGHUP', 1]]) {
+  process.once(sig, () => {
+    killAll();
+    process.exit(128 + n);
+  });
+}
+
+/** Resources to release, last in first out. */
+export class Scope {
+  #stack = [];
+
+  /** Registers `fn` (sync or async) to run at close(). */
+  defer(fn) {
+    this.#stack.push(fn);
+  }
+
+  /** Releases everything; throws an AggregateError if any release failed. */
+  async close() {
+    const errors = [];
+    while (this.#stack.length) {
+      const fn = this.#stack.pop();
+      try {
+        await fn();
+      } catch (e) {
+        errors.push(e);
+      }
+    }
+    if (errors.length === 1) throw errors[0];
+    if (errors.length) throw new AggregateError(errors, 'cleanup failed');
+  }
+
+  /** A fresh temporary folder, removed at close(). */
+  async tempDir(prefix = 'wspd-browser-') {
+    const dir = await mkdtemp(path.join(os.tmpdir(), prefix));
+    this.defer(() => rm(dir, { recursive: true, force: true }));
+    return dir;
+  }
+}
+
+/** Rejects with `what` after `ms` unless `promise` settles first. */
+export async function within(ms, what, promise) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A TCP port that is free on 127.0.0.1 right now (the namespace is ours alone). */
+export async function freePort() {
+  const srv = net.createServer();
+  srv.listen(0, '127.0.0.1');
+  await once(srv, 'listening');
+  const { port } = srv.address();
+  srv.close();
+  await once(srv, 'close');
+  return port;
+}
+
+// ---------------------------------------------------------------- processes
+
+/**
+ * A child process whose stdout and stderr lines are kept, copied to
+ * `logFile`, and can be waited for.
+ */
+export class Proc {
+  constructor(name, cmd, args, { logFile, env, cwd } = {}) {
+    this.name = name;
+    this.lines = [];
+    this.#waiters = new Set();
+    this.log = logFile ? createWriteStream(logFile) : null;
+    this.child = spawn(cmd, args, {
+      cwd: cwd ?? ROOT,
+      env: env ?? process.env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    live.add(this.child);
+    this.exited = new Promise((resolve) => {
+      this.child.on('error', (err) => {
+        this.#line(`[spawn error: ${err.message}]`);
+        live.delete(this.child);
+        resolve({ code: null, signal: null, error: err });
+      });
+      // 'close': the process has exited and its output is fully read.
+      this.child.on('close', (code, signal) => {
+        live.delete(this.child);
+        this.exitStatus = { code, signal };
+        for (const w of this.#waiters) w.reject(new Error(`${this.name} exited (${signal ?? code}) while waiting for ${w.re}:\n${this.tail()}`));
+        this.#waiters.clear();
+        resolve({ code, signal });
+      });
+    });
+    for (const stream of [this.child.stdout, this.child.stderr]) {
+      createInterface({ input: stream }).on('line', (l) => this.#line(l));
+    }
+  }
+
+  #waiters;
+
+  #line(l) {
+    this.lines.push(l);
+    this.log?.write(l + '\n');
+    for (const w of this.#waiters) {
+      const m = w.re.exec(l);
+      if (m) {
+        this.#waiters.delete(w);
+        w.resolve(m);
+      }
+    }
+  }
+
+  /** The last lines of output, for error messages. */
+  tail(n = 30) {
+    return this.lines.slice(-n).map((l) => `  ${this.name}| ${l}`).join('\n');
+  }
+
+  /** Resolves with the match of the first output line (seen or to come) matching `re`. */
+  waitForLine(re, ms = WAIT_MS) {
+    for (const l of this.lines) {
+      const m = re.exec(l);
+      if (m) return Promise.resolve(m);
+    }
+    if (this.exitStatus) {
+      return Promise.reject(new Error(`${this.name} has exited; no line matching ${re}:\n${this.tail()}`));
+    }
+    const p = new Promise((resolve, reject) => this.#waiters.add({ re, resolve, reject }));
+    return within(ms, `${this.name}: a line matching ${re}\n${this.tail()}`, p);
+  }
+
+  /** SIGTERM, then waits for the exit; SIGKILL if it takes longer than `ms`. */
+  async stop(ms = 5_000) {
+    if (!this.exitStatus && this.child.exitCode === null && this.child.signalCode === null) {
+      this.child.kill('SIGTERM');
+      try {
+        await within(ms, `${this.name} to exit after SIGTERM`, this.exited);
+      } catch (e) {
+        this.child.kill('SIGKILL');
+        await this.exited;
+        throw e;
+      }
+    }
+    await this.exited;
+    if (this.log) {
+      this.log.end();
+      await once(this.log, 'close');
+      this.log = null;
+    }
+    return this.exitStatus;
+  }
+}
+
+// ---------------------------------------------------------------- DNS
+
+/**
+ * Starts dnsmasq on 127.0.0.1:`port`, answering only from the records
+ * given; every other *.test name is NXDOMAIN.
+ *   srv:   [{ name: '_wsp._tcp.a.test', target: 'a.test', port: 8443 }]
+ *   hosts: { 'a.test': '127.0.0.1' }
+ */
+export async function startDns(scope, { port, srv = [], hosts = {}, logDir = ARTIFACTS }) {
+  const bin = which('dnsmasq');
+  if (!bin) throw new Error('dnsmasq not found: apt-get install -y dnsmasq-base');
+  port ??= await freePort();
+  const args = [
+    '--no-daemon', // foreground, no pid file, no change of user, logs to stderr
+    '--conf-file=/dev/null',
+    '--no-resolv',
+    '--no-hosts',
+    '--listen-address=127.0.0.1',
+    '--bind-interfaces',
+    `--port=${port}`,
+    '--log-facility=-',
+    '--local=/test/',
+    ...srv.map((r) => `--srv-host=${r.name},${r.target},${r.port},${r.priority ?? 0},${r.weight ?? 0}`),
+    ...Object.entries(hosts).map(([name, ip]) => `--host-record=${name},${ip}`),
+  ];
+  mkdirSync(logDir, { recursive: true });
+  const proc = new Proc('dnsmasq', bin, args, { logFile: path.join(logDir, 'dnsmasq.log') });
+  scope.defer(() => proc.stop());
+  await proc.waitForLine(/started, version/);
+  // dnsmasq binds before it logs "started"; one real query proves it answers.
+  const resolver = new Resolver({ timeout: 2_000, tries: 1 });
+  resolver.setServers([`127.0.0.1:${port}`]);
+  if (srv.length) await within(WAIT_MS, 'the first SRV answer', resolver.resolveSrv(srv[0].name));
+  return { port, addr: `127.0.0.1:${port}`, proc, resolver };
+}
+
+// ---------------------------------------------------------------- wspd
+
+/** Runs `wspd --config <config> token <user>` and returns the token. */
+export function mintToken(config, user) {
+  return new Promise((resolve, reject) => {
+    execFile(WSPD_BIN, ['--config', config, 'token', user], { timeout: WAIT_MS }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`wspd token ${user}: ${err.message}\n${stderr}`));
+      else resolve(stdout.trim());
+    });
+  });
+}
+
+/**
+ * Starts wspd for `domain` (a certificate certs/<domain>.pem must exist)
+ * on 127.0.0.1 with a free port, federating through the DNS server at
+ * `resolver` ("127.0.0.1:port"). Resolves once it logs "listening on".
+ */
+export async function startWspd(scope, { domain, resolver, dir, extra = '', logDir = ARTIFACTS }) {
+  if (!existsSync(WSPD_BIN)) throw new Error(`no wspd binary at ${WSPD_BIN}: run cargo build, or set WSPD_BIN`);
+  dir ??= await scope.tempDir(`wspd-${domain}-`);
+  const q = (p) => JSON.stringify(p); // a TOML basic string
+  const config = path.join(dir, `${domain}.toml`);
+  const text = [
+    `domain = ${q(domain)}`,
+    `listen = "127.0.0.1:0"`,
+    `[auth]`,
+    `secret = ${q(randomBytes(24).toString('hex'))}`,
+    `[tls]`,
+    `cert = ${q(path.join(CERTS, `${domain}.pem`))}`,
+    `key = ${q(path.join(CERTS, `${domain}-key.pem`))}`,
+    `[federation]`,
+    `key = ${q(path.join(dir, `${domain}-link.key`))}`,
+    ...(resolver ? [`resolver = ${q(resolver)}`] : []),
+    `ca = ${q(path.join(CERTS, 'ca.pem'))}`,
+    extra,
+    '',
+  ].join('\n');
+  await writeFile(config, text);
+  mkdirSync(logDir, { recursive: true });
+  const proc = new Proc(domain, WSPD_BIN, ['--config', config], {
+    logFile: path.join(logDir, `wspd-${domain}.log`),
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' },
+  });
+  scope.defer(async () => {
+    const status = await proc.stop();
+    if (status.code !== 0) throw new Error(`wspd ${domain} exited with ${status.signal ?? status.code}:\n${proc.tail()}`);
+  });
+  const m = await proc.waitForLine(/listening on (wss?):\/\/([0-9.]+):(\d+)\/wsp/);
+  const port = Number(m[3]);
+  return {
+    domain,
+    port,
+    addr: `127.0.0.1:${port}`,
+    origin: `https://${domain}:${port}`,
+    wsp: `wss://${domain}:${port}/wsp`,
+    config,
+    proc,
+    token: (user) => mintToken(config, user),
+  };
+}
+
+/**
+ * The usual pair: a DNS server publishing a.test and b.test, and their two
+ * wspd servers, which find each other through it.
+ */
+export async function startFederation(scope, { domains = ['a.test', 'b.test'], logDir = ARTIFACTS } = {}) {
+  const dnsPort = await freePort();
+  const resolver = `127.0.0.1:${dnsPort}`;
+  const servers = {};
+  for (const d of domains) servers[d] = await startWspd(scope, { domain: d, resolver, logDir });
+  const dns = await startDns(scope, {
+    logDir,
+    port: dnsPort,
+    srv: domains.map((d) => ({ name: `_wsp._tcp.${d}`, target: d, port: servers[d].port })),
+    hosts: Object.fromEntries(domains.map((d) => [d, '127.0.0.1'])),
+  });
+  return { dns, servers };
+}
+
+// ---------------------------------------------------------------- Chromium
+
+/** The recipe's flags (browser-testing.md), plus the loopback mapping of `hosts`. */
+export function chromiumArgs(hosts = ['a.test', 'b.test']) {
+  return [
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--disable-dev-shm-usage', // CI containers often have a 64 MB /dev/shm
+    '--allow-loopback-in-peer-connection',
+    '--use-fake-device-for-media-stream',
+    '--use-fake-ui-for-media-stream',
+    // Chromium asks the system resolver, not our dnsmasq: map the test
+    // domains to loopback itself. The wspd servers use dnsmasq.
+    `--host-resolver-rules=${hosts.map((h) => `MAP ${h} 127.0.0.1`).join(',')}`,
+  ];
+}
+
+/**
+ * Launches Chromium (headless, fresh profile, its temporary files in
+ * test folders) and returns the persistent context. Closed by the scope.
+ */
+export async function launchChromium(scope, { hosts, extraArgs = [] } = {}) {
+  if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM}: apt-get install -y chromium`);
+  const { chromium } = await import('playwright-core');
+  const profile = await scope.tempDir('chromium-profile-');
+  const tmp = await scope.tempDir('chromium-tmp-');
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [...chromiumArgs(hosts), ...extraArgs],
+    ignoreHTTPSErrors: true,
+    env: { ...process.env, TMPDIR: tmp, XDG_RUNTIME_DIR: tmp },
+    timeout: WAIT_MS,
+  });
+  context.setDefaultTimeout(WAIT_MS);
+  // Registered after the folders, so it runs before they are removed.
+  scope.defer(() => within(WAIT_MS, 'Chromium to close', context.close()));
+  return context;
+}
+
+/** Saves a screenshot of `page` as ARTIFACTS/<name>.png; returns the path. */
+export async function screenshot(page, name) {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const file = path.join(ARTIFACTS, `${name}.png`);
+  await page.screenshot({ path: file });
+  return file;
+}
