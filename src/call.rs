@@ -36,6 +36,9 @@ pub enum Input<'a> {
     Gone(PeerId),
     /// The ring timer fired.
     RingTimeout,
+    /// The server is shutting down: every party that has not transferred
+    /// hears 503.
+    Shutdown,
 }
 
 /// What the driver must do, in order.
@@ -275,6 +278,27 @@ impl Call {
                     }
                     bye(&mut out, self.caller.peer, 408, "No answer");
                     self.phase = Phase::Ended(Outcome::Timeout);
+                }
+            }
+            Input::Shutdown => {
+                const WHY: &str = "Server shutting down";
+                match &self.phase {
+                    Phase::Ended(_) => {}
+                    Phase::Ringing { devices, .. } => {
+                        for d in devices.iter().filter(|d| d.state == DeviceState::Ringing) {
+                            bye(&mut out, d.peer, 503, WHY);
+                        }
+                        bye(&mut out, self.caller.peer, 503, WHY);
+                        self.phase = Phase::Ended(Outcome::Unavailable);
+                    }
+                    Phase::Answered { callee, .. } => {
+                        for side in [self.caller, *callee] {
+                            if side.present && !side.transferred {
+                                bye(&mut out, side.peer, 503, WHY);
+                            }
+                        }
+                        self.phase = Phase::Ended(Outcome::Unavailable);
+                    }
                 }
             }
         }
@@ -695,6 +719,19 @@ mod tests {
         assert_eq!(c.outcome(), None);
         assert!(relays(&c.handle(b(B1, 101))).is_empty());
         assert_eq!(c.outcome(), Some(Outcome::Transferred));
+    }
+
+    #[test]
+    fn shutdown_ends_untransferred_sides_with_503() {
+        let mut c = start(&[B1, B2]);
+        assert_eq!(byes(&c.handle(Input::Shutdown)), [(B1, 503), (B2, 503), (A, 503)]);
+        assert_eq!(c.outcome(), Some(Outcome::Unavailable));
+
+        let mut c = start(&[B1]);
+        c.handle(f(B1, Keyword::Offer));
+        c.handle(b(A, 101));
+        assert_eq!(byes(&c.handle(Input::Shutdown)), [(B1, 503)], "the transferred caller hears nothing");
+        assert!(c.handle(Input::Shutdown).is_empty());
     }
 
     #[test]

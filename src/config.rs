@@ -136,6 +136,7 @@ pub struct Limits {
     pub keepalive_ping: Duration,
     pub keepalive_timeout: Duration,
     pub login_failure_delay: Duration,
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
@@ -150,6 +151,7 @@ impl Default for Limits {
             keepalive_ping: Duration::from_secs(20),
             keepalive_timeout: Duration::from_secs(45),
             login_failure_delay: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -221,6 +223,7 @@ struct RawLimits {
     keepalive_ping: Option<ConfDuration>,
     keepalive_timeout: Option<ConfDuration>,
     login_failure_delay: Option<ConfDuration>,
+    shutdown_grace: Option<ConfDuration>,
 }
 
 /// A duration written as whole seconds (`60`) or with a unit
@@ -335,6 +338,7 @@ impl Config {
             keepalive_ping: l.keepalive_ping.map_or(d.keepalive_ping, |x| x.0),
             keepalive_timeout: l.keepalive_timeout.map_or(d.keepalive_timeout, |x| x.0),
             login_failure_delay: l.login_failure_delay.map_or(d.login_failure_delay, |x| x.0),
+            shutdown_grace: l.shutdown_grace.map_or(d.shutdown_grace, |x| x.0),
         };
         if !(1024..=16 * 1024 * 1024).contains(&limits.max_frame_bytes) {
             return Err(invalid(

@@ -152,17 +152,24 @@ impl Server {
             .expect("bound listener has an address")
     }
 
-    /// Serves until `shutdown` is cancelled and every connection has closed.
+    /// Serves until `shutdown` is cancelled, then shuts down gracefully:
+    /// stops accepting, ends every untransferred call with bye 503, closes
+    /// sockets and links with 1001, and returns when every connection has
+    /// finished or `limits.shutdown_grace` has passed.
     pub async fn run(self, shutdown: CancellationToken) {
         let tasks = self.app.tasks.clone();
-        let inner = self.app.shutdown.clone();
+        let app = self.app.clone();
         tokio::spawn(async move {
             tokio::select! {
-                _ = shutdown.cancelled() => inner.cancel(),
-                _ = inner.cancelled() => {}
+                _ = shutdown.cancelled() => {}
+                _ = app.shutdown.cancelled() => {}
             }
+            let calls = app.router.shutdown_calls();
+            info!(calls, "shutting down: untransferred calls ended with 503");
+            app.shutdown.cancel();
         });
         let shutdown = self.app.shutdown.clone();
+        let grace = self.app.config.limits.shutdown_grace;
         let scheme = if self.tls.is_some() { "wss" } else { "ws" };
         info!(
             domain = %self.app.config.domain,
@@ -171,13 +178,15 @@ impl Server {
         );
         server::accept_loop(self.app, self.listener, self.tls, shutdown, tasks.clone()).await;
         tasks.close();
-        tasks.wait().await;
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            tracing::warn!(left = tasks.len(), ?grace, "shutdown grace over: leaving the rest");
+        }
         info!("stopped");
     }
 
     /// Runs in a background task.
     pub fn spawn(self) -> Running {
-        let shutdown = self.app.shutdown.clone();
+        let shutdown = CancellationToken::new();
         let addr = self.local_addr();
         let app = self.app.clone();
         let handle = tokio::spawn(self.run(shutdown.clone()));

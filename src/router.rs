@@ -410,6 +410,21 @@ impl Router {
         .abort_handle()
     }
 
+    /// Ends every call that has not transferred with bye 503, for shutdown.
+    /// The byes are queued in the parties' outboxes, which sessions and
+    /// links flush before they close.
+    pub fn shutdown_calls(&self) -> usize {
+        let calls: Vec<(CallId, Slot)> = self
+            .calls
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        for (id, slot) in &calls {
+            self.feed(slot, id, Input::Shutdown, None);
+        }
+        calls.len()
+    }
+
     /// Calls the server holds (for tests and shutdown).
     pub fn active_calls(&self) -> usize {
         self.calls.len()

@@ -30,6 +30,9 @@ use crate::router::{Out, Peer, Router};
 
 /// How many queued messages are written before one flush.
 const WRITE_BATCH: usize = 64;
+/// How long a socket may take to write what was queued for it when the
+/// server shuts down.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
 /// Why a socket is being closed, and the close frame it gets.
 #[derive(Debug)]
@@ -224,6 +227,18 @@ where
                 return Some(Close::new(1008, "reading too slowly: outbox full"));
             }
             _ = shutdown.cancelled() => {
+                // What was queued before the shutdown (the calls' byes 503)
+                // goes out first, within a bound.
+                let flush = async {
+                    while let Ok(out) = rx.try_recv() {
+                        batch.push(out);
+                        if batch.len() == WRITE_BATCH {
+                            write_batch(ws, &mut batch, h).await?;
+                        }
+                    }
+                    write_batch(ws, &mut batch, h).await
+                };
+                let _ = tokio::time::timeout(SHUTDOWN_FLUSH, flush).await;
                 return Some(Close::new(1001, "server shutting down"));
             }
             n = rx.recv_many(&mut batch, WRITE_BATCH) => {
