@@ -724,13 +724,20 @@ mod tests {
     #[test]
     fn shutdown_ends_untransferred_sides_with_503() {
         let mut c = start(&[B1, B2]);
-        assert_eq!(byes(&c.handle(Input::Shutdown)), [(B1, 503), (B2, 503), (A, 503)]);
+        assert_eq!(
+            byes(&c.handle(Input::Shutdown)),
+            [(B1, 503), (B2, 503), (A, 503)]
+        );
         assert_eq!(c.outcome(), Some(Outcome::Unavailable));
 
         let mut c = start(&[B1]);
         c.handle(f(B1, Keyword::Offer));
         c.handle(b(A, 101));
-        assert_eq!(byes(&c.handle(Input::Shutdown)), [(B1, 503)], "the transferred caller hears nothing");
+        assert_eq!(
+            byes(&c.handle(Input::Shutdown)),
+            [(B1, 503)],
+            "the transferred caller hears nothing"
+        );
         assert!(c.handle(Input::Shutdown).is_empty());
     }
 

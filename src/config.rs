@@ -137,6 +137,10 @@ pub struct Limits {
     pub keepalive_timeout: Duration,
     pub login_failure_delay: Duration,
     pub shutdown_grace: Duration,
+    pub connections_per_ip: u32,
+    pub frames_per_second: u32,
+    pub frame_burst: u32,
+    pub pending_invites_per_user: usize,
 }
 
 impl Default for Limits {
@@ -152,6 +156,10 @@ impl Default for Limits {
             keepalive_timeout: Duration::from_secs(45),
             login_failure_delay: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
+            connections_per_ip: 256,
+            frames_per_second: 50,
+            frame_burst: 200,
+            pending_invites_per_user: 16,
         }
     }
 }
@@ -224,6 +232,10 @@ struct RawLimits {
     keepalive_timeout: Option<ConfDuration>,
     login_failure_delay: Option<ConfDuration>,
     shutdown_grace: Option<ConfDuration>,
+    connections_per_ip: Option<u32>,
+    frames_per_second: Option<u32>,
+    frame_burst: Option<u32>,
+    pending_invites_per_user: Option<usize>,
 }
 
 /// A duration written as whole seconds (`60`) or with a unit
@@ -339,6 +351,12 @@ impl Config {
             keepalive_timeout: l.keepalive_timeout.map_or(d.keepalive_timeout, |x| x.0),
             login_failure_delay: l.login_failure_delay.map_or(d.login_failure_delay, |x| x.0),
             shutdown_grace: l.shutdown_grace.map_or(d.shutdown_grace, |x| x.0),
+            connections_per_ip: l.connections_per_ip.unwrap_or(d.connections_per_ip),
+            frames_per_second: l.frames_per_second.unwrap_or(d.frames_per_second),
+            frame_burst: l.frame_burst.unwrap_or(d.frame_burst),
+            pending_invites_per_user: l
+                .pending_invites_per_user
+                .unwrap_or(d.pending_invites_per_user),
         };
         if !(1024..=16 * 1024 * 1024).contains(&limits.max_frame_bytes) {
             return Err(invalid(
@@ -350,6 +368,19 @@ impl Config {
             ("limits.max_connections", limits.max_connections),
             ("limits.calls_per_socket", limits.calls_per_socket),
             ("limits.outbox_frames", limits.outbox_frames),
+            (
+                "limits.connections_per_ip",
+                limits.connections_per_ip as usize,
+            ),
+            (
+                "limits.frames_per_second",
+                limits.frames_per_second as usize,
+            ),
+            ("limits.frame_burst", limits.frame_burst as usize),
+            (
+                "limits.pending_invites_per_user",
+                limits.pending_invites_per_user,
+            ),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1"));

@@ -9,6 +9,7 @@
 //! - [`session`]: one client socket;
 //! - [`server`]: listener, TLS, HTTP routes, authenticated upgrade;
 //! - [`auth`]: access tokens and the users file;
+//! - [`limits`]: token buckets and per-address connection counts;
 //! - [`metrics`]: Prometheus exposition.
 
 pub mod address;
@@ -17,6 +18,7 @@ pub mod call;
 pub mod config;
 pub mod federation;
 pub mod frame;
+pub mod limits;
 pub mod metrics;
 pub mod router;
 pub mod server;
@@ -179,7 +181,11 @@ impl Server {
         server::accept_loop(self.app, self.listener, self.tls, shutdown, tasks.clone()).await;
         tasks.close();
         if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-            tracing::warn!(left = tasks.len(), ?grace, "shutdown grace over: leaving the rest");
+            tracing::warn!(
+                left = tasks.len(),
+                ?grace,
+                "shutdown grace over: leaving the rest"
+            );
         }
         info!("stopped");
     }

@@ -28,6 +28,7 @@ pub struct Metrics {
     link_attempts: Family<Labels, Counter>,
     link_failures: Family<Labels, Counter>,
     dns_lookups: Family<Labels, Counter>,
+    limits_hit: Family<Labels, Counter>,
     remote_calls: Family<[(&'static str, String); 2], Counter>,
 }
 
@@ -150,6 +151,12 @@ impl Metrics {
             "Domain discoveries, by result",
             dns_lookups.clone(),
         );
+        let limits_hit = Family::<Labels, Counter>::default();
+        registry.register(
+            "limits_hit",
+            "Times a configured limit refused something, by limit",
+            limits_hit.clone(),
+        );
         let remote_calls = Family::<[(&'static str, String); 2], Counter>::default();
         registry.register(
             "remote_calls",
@@ -162,6 +169,7 @@ impl Metrics {
             link_attempts,
             link_failures,
             dns_lookups,
+            limits_hit,
             remote_calls,
             registry,
             sessions,
@@ -216,6 +224,13 @@ impl Metrics {
     /// `timeout` or `error`.
     pub fn dns_lookup(&self, result: &'static str) {
         self.dns_lookups.get_or_create(&[("result", result)]).inc();
+    }
+
+    /// A limit refused something: `connections_per_ip`, `max_connections`,
+    /// `frames_per_second`, `calls_per_socket`, `pending_invites_per_user`,
+    /// `outbox_frames`, `invites_per_second`, `calls_per_link`.
+    pub fn limit_hit(&self, limit: &'static str) {
+        self.limits_hit.get_or_create(&[("limit", limit)]).inc();
     }
 
     /// A call with `domain` ended with `outcome`.

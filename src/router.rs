@@ -106,6 +106,8 @@ struct CallState {
     remote: Option<String>,
     /// Its end has been counted and it left the map.
     finished: bool,
+    /// The local callee it counts against while it rings.
+    ringing_for: Option<Address>,
 }
 
 type Slot = Arc<Mutex<CallState>>;
@@ -121,6 +123,8 @@ pub struct Router {
     next_peer: AtomicU64,
     /// Links to other domains, when federation is configured.
     links: Option<Arc<Links>>,
+    /// Calls ringing for each local user (`limits.pending_invites_per_user`).
+    ringing: DashMap<Address, usize>,
 }
 
 impl Router {
@@ -140,6 +144,7 @@ impl Router {
             calls: DashMap::new(),
             next_peer: AtomicU64::new(1),
             links,
+            ringing: DashMap::new(),
         }
     }
 
@@ -220,6 +225,23 @@ impl Router {
             }
             devices
         };
+        // An invite flood aimed at one user is bounded; the count is taken
+        // here and given back when the call stops ringing (apply()).
+        let ringing_for = if callee.domain() == self.domain {
+            let mut n = self.ringing.entry(callee.clone()).or_insert(0);
+            if *n >= self.limits.pending_invites_per_user {
+                self.metrics.limit_hit("pending_invites_per_user");
+                return Err(Refused::new(
+                    486,
+                    "Busy: too many calls ringing for this user",
+                    Outcome::Busy,
+                ));
+            }
+            *n += 1;
+            Some(callee.clone())
+        } else {
+            None
+        };
 
         let span = info_span!("call", id = %id, caller = %caller, callee = %callee);
         let ids: SmallVec<[PeerId; 3]> = devices.iter().map(|p| p.id).collect();
@@ -235,6 +257,7 @@ impl Router {
             span,
             remote: remote.map(str::to_string),
             finished: false,
+            ringing_for,
         }));
 
         // Claim the id; hold the call's lock until its invites are queued so
@@ -242,6 +265,9 @@ impl Router {
         let mut state = lock(&slot);
         match self.calls.entry(id.clone()) {
             Entry::Occupied(_) => {
+                if let Some(user) = state.ringing_for.take() {
+                    self.stop_ringing(&user);
+                }
                 return Err(Refused::new(
                     400,
                     "Call id already in use",
@@ -374,10 +400,13 @@ impl Router {
                 self.apply(state, id, more, None);
             }
         }
-        if state.call.ring_deadline().is_none()
-            && let Some(t) = state.timer.take()
-        {
-            t.abort();
+        if state.call.ring_deadline().is_none() {
+            if let Some(t) = state.timer.take() {
+                t.abort();
+            }
+            if let Some(user) = state.ringing_for.take() {
+                self.stop_ringing(&user);
+            }
         }
         if let Some(outcome) = state.call.outcome()
             && !state.finished
@@ -408,6 +437,15 @@ impl Router {
             }
         })
         .abort_handle()
+    }
+
+    fn stop_ringing(&self, user: &Address) {
+        if let Entry::Occupied(mut e) = self.ringing.entry(user.clone()) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
     }
 
     /// Ends every call that has not transferred with bye 503, for shutdown.

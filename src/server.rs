@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -31,6 +31,7 @@ use crate::App;
 use crate::address::Address;
 use crate::auth::TokenError;
 use crate::federation::keys;
+use crate::limits::{IpSlot, PerIp};
 use crate::metrics::Refusal;
 use crate::session;
 
@@ -52,6 +53,7 @@ pub async fn accept_loop(
     tasks: TaskTracker,
 ) {
     let slots = Arc::new(Semaphore::new(app.config.limits.max_connections));
+    let per_ip = PerIp::new(app.config.limits.connections_per_ip);
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -68,32 +70,46 @@ pub async fn accept_loop(
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             app.metrics.refused(Refusal::TooManyConnections);
+            app.metrics.limit_hit("max_connections");
             debug!(%remote, "connection refused: limits.max_connections reached");
             drop(tcp);
             continue;
         };
+        let Some(ip_slot) = per_ip.acquire(remote.ip()) else {
+            app.metrics.refused(Refusal::TooManyConnections);
+            app.metrics.limit_hit("connections_per_ip");
+            debug!(%remote, "connection refused: limits.connections_per_ip reached");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
+        let ctx = ConnCtx {
+            remote,
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+            _held: Arc::new((permit, ip_slot)),
+        };
         let app = app.clone();
         let tls = tls.clone();
-        let shutdown = shutdown.clone();
-        let t = tasks.clone();
-        tasks.spawn(async move {
-            connection(app, tcp, remote, tls, shutdown, t).await;
-            drop(permit);
-        });
+        tasks.spawn(connection(app, tcp, tls, ctx));
     }
 }
 
-async fn connection(
-    app: Arc<App>,
-    tcp: TcpStream,
+/// What every request of a connection shares. `_held` keeps the
+/// connection counted (globally and for its address) for as long as the
+/// connection or a socket upgraded from it lives.
+#[derive(Clone)]
+struct ConnCtx {
     remote: SocketAddr,
-    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
-) {
+    _held: Arc<(OwnedSemaphorePermit, IpSlot)>,
+}
+
+async fn connection(app: Arc<App>, tcp: TcpStream, tls: Option<TlsAcceptor>, ctx: ConnCtx) {
+    let remote = ctx.remote;
     match tls {
-        None => serve_http(app, tcp, remote, None, shutdown, tasks).await,
+        None => serve_http(app, tcp, None, ctx).await,
         Some(acceptor) => {
             let hs =
                 tokio::time::timeout(app.config.limits.handshake_timeout, acceptor.accept(tcp))
@@ -107,7 +123,7 @@ async fn connection(
                         == Some(rustls::ProtocolVersion::TLSv1_3))
                     .then(|| keys::server_exporter(conn))
                     .flatten();
-                    serve_http(app, stream, remote, exporter, shutdown, tasks).await
+                    serve_http(app, stream, exporter, ctx).await
                 }
                 Ok(Err(e)) => {
                     app.metrics.refused(Refusal::Handshake);
@@ -122,24 +138,17 @@ async fn connection(
     }
 }
 
-async fn serve_http<I>(
-    app: Arc<App>,
-    io: I,
-    remote: SocketAddr,
-    exporter: Option<[u8; 32]>,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-) where
+async fn serve_http<I>(app: Arc<App>, io: I, exporter: Option<[u8; 32]>, ctx: ConnCtx)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc_app = app.clone();
-    let svc_shutdown = shutdown.clone();
+    let remote = ctx.remote;
+    let shutdown = ctx.shutdown.clone();
     let service = hyper::service::service_fn(move |req| {
         let conn = Conn {
-            remote,
             exporter,
-            shutdown: svc_shutdown.clone(),
-            tasks: tasks.clone(),
+            ctx: ctx.clone(),
         };
         route(svc_app.clone(), req, conn)
     });
@@ -167,11 +176,9 @@ async fn serve_http<I>(
 
 /// What a request knows of its connection.
 struct Conn {
-    remote: SocketAddr,
     /// The TLS 1.3 exporter of the connection, for link authentication.
     exporter: Option<[u8; 32]>,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
+    ctx: ConnCtx,
 }
 
 async fn route(
@@ -200,6 +207,7 @@ async fn route(
             app.metrics.render(),
         ),
         (&Method::GET, "/session") => session_info(&app, &req),
+        (&Method::GET, p) if static_file(p).is_some() => serve_static(p),
         (_, "/wsp" | "/token" | "/session" | "/healthz" | "/metrics" | "/.well-known/wsp/keys") => {
             json_error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -210,6 +218,67 @@ async fn route(
         _ => json_error(StatusCode::NOT_FOUND, "not-found", "no such endpoint"),
     };
     Ok(res)
+}
+
+/// The client library and the demo page, compiled into the binary so that
+/// wspd serves them wherever it runs.
+const STATIC: &[(&str, &str, &str)] = &[
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("../web/index.html"),
+    ),
+    (
+        "/index.html",
+        "text/html; charset=utf-8",
+        include_str!("../web/index.html"),
+    ),
+    (
+        "/demo.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/demo.js"),
+    ),
+    (
+        "/demo.css",
+        "text/css; charset=utf-8",
+        include_str!("../web/demo.css"),
+    ),
+    (
+        "/wsp.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/wsp.js"),
+    ),
+    (
+        "/wsp.d.ts",
+        "text/plain; charset=utf-8",
+        include_str!("../web/wsp.d.ts"),
+    ),
+];
+
+fn static_file(path: &str) -> Option<&'static (&'static str, &'static str, &'static str)> {
+    STATIC.iter().find(|(p, _, _)| *p == path)
+}
+
+fn serve_static(path: &str) -> Response<Body> {
+    let Some((_, content_type, body)) = static_file(path) else {
+        return json_error(StatusCode::NOT_FOUND, "not-found", "no such endpoint");
+    };
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; connect-src 'self' ws: wss:; media-src 'self' blob: mediastream:; \
+             img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+        ),
+    );
+    r
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
@@ -261,12 +330,10 @@ fn bearer_token(req: &Request<Incoming>) -> Option<String> {
 }
 
 async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, conn: Conn) -> Response<Body> {
-    let Conn {
-        remote,
-        exporter,
-        shutdown,
-        tasks,
-    } = conn;
+    let Conn { exporter, ctx } = conn;
+    let remote = ctx.remote;
+    let shutdown = ctx.shutdown.clone();
+    let tasks = ctx.tasks.clone();
     let h = req.headers();
     let bad = |description: &str| {
         app.metrics.refused(Refusal::BadUpgrade);
@@ -322,7 +389,10 @@ async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, conn: Conn) -> Respo
         let on_upgrade = hyper::upgrade::on(&mut req);
         let router = app.router.clone();
         let max = app.config.limits.max_frame_bytes;
+        let held = ctx.clone();
         tasks.spawn(async move {
+            // The link counts as its connection until it ends.
+            let _held = held;
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let ws = WebSocketStream::from_raw_socket(
@@ -351,8 +421,11 @@ async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, conn: Conn) -> Respo
     let span = info_span!("upgrade", %remote, user = %user);
     // Reachable from now on: a call may arrive before the socket runs.
     let reg = session::Registered::new(&app.router, user, &app.config.limits);
+    let held = ctx.clone();
     tasks.spawn(
         async move {
+            // The socket counts as its connection until it ends.
+            let _held = held;
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let ws = WebSocketStream::from_raw_socket(

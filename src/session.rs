@@ -25,6 +25,7 @@ use crate::address::{Address, CallId};
 use crate::call::Outcome;
 use crate::config::Limits;
 use crate::frame::{self, Body, Keyword};
+use crate::limits::TokenBucket;
 use crate::metrics::{Metrics, Refusal};
 use crate::router::{Out, Peer, Router};
 
@@ -107,6 +108,8 @@ struct Session {
     limits: Limits,
     /// The calls this socket is a party of, oldest first.
     calls: SmallVec<[CallId; 2]>,
+    /// `limits.frames_per_second` with bursts of `limits.frame_burst`.
+    bucket: TokenBucket,
 }
 
 /// A user's socket registered with the router before its upgrade is
@@ -186,6 +189,7 @@ pub async fn run<S>(
             user,
             me,
             router,
+            bucket: TokenBucket::new(limits.frames_per_second, limits.frame_burst, Instant::now()),
             limits,
             calls: SmallVec::new(),
         };
@@ -423,6 +427,16 @@ impl Handler for Session {
 impl Session {
     /// Handles one text message. An error closes the socket.
     fn on_text(&mut self, text: &str) -> Result<(), Close> {
+        if !self.bucket.take(Instant::now()) {
+            self.router.metrics().limit_hit("frames_per_second");
+            return Err(Close::new(
+                1008,
+                format!(
+                    "too many frames: at most {} a second, in bursts of {}",
+                    self.limits.frames_per_second, self.limits.frame_burst
+                ),
+            ));
+        }
         // pump() counts the refusal when this error closes the socket.
         let f = frame::decode(text).map_err(|e| Close::new(e.close_code(), e.to_string()))?;
         self.router.metrics().frame(f.keyword);
@@ -488,6 +502,7 @@ impl Session {
         };
         if self.calls.len() >= self.limits.calls_per_socket {
             metrics.call_ended(Outcome::Unavailable);
+            metrics.limit_hit("calls_per_socket");
             return self
                 .router
                 .bye(&self.me, 503, "Too many calls on this socket", Some(id));

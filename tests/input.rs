@@ -1024,7 +1024,30 @@ async fn plain_http_routes() {
     assert!(body.contains("wspd_sessions"), "{body}");
     assert!(body.trim_end().ends_with("# EOF"), "{body}");
 
-    for path in ["/", "/nope", "/wsp/", "/healthz/x", "/WSP"] {
+    // The demo page and the client library are served as files.
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/wsp.js", "text/javascript"),
+        ("/demo.js", "text/javascript"),
+    ] {
+        let (status, h, body) = http(s.addr(), "GET", path, &[], "").await;
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            header(&h, "content-type").unwrap().starts_with(kind),
+            "{path}: {h:?}"
+        );
+        assert_eq!(header(&h, "x-content-type-options").unwrap(), "nosniff");
+        assert!(!body.is_empty());
+    }
+
+    for path in [
+        "/nope",
+        "/wsp/",
+        "/healthz/x",
+        "/WSP",
+        "/web/wsp.js",
+        "/../Cargo.toml",
+    ] {
         let (status, h, body) = http(s.addr(), "GET", path, &[], "").await;
         assert_eq!(status, 404, "{path}: {body}");
         json_error(status, &h, &body, "not-found");

@@ -1,0 +1,155 @@
+//! The configurable limits: each refuses with its documented answer and
+//! the server goes on serving everyone else.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn a_frame_flood_closes_that_socket_with_1008() {
+    let s = TestServer::start(config(
+        "localhost",
+        "[limits]\nframes_per_second = 5\nframe_burst = 10\n",
+    ))
+    .await;
+    let mut flooder = s.connect_online("mallory@localhost").await; // the probe took one token
+    let mut alice = s.connect_online("alice@localhost").await;
+    for n in 0..20 {
+        flooder
+            .send(json!(["ringing", null, {"call": format!("flood-{n:04}")}]))
+            .await;
+    }
+    // The first frames are answered (481: no such call), then the socket
+    // is closed for the flood.
+    let mut answered = 0;
+    let closed = loop {
+        match tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut flooder.ws))
+            .await
+            .unwrap()
+        {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(_))) => answered += 1,
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(c)))) => break c,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(answered, 9, "the burst of 10, less the probe");
+    assert_eq!(u16::from(closed.code), 1008);
+    assert!(
+        closed.reason.contains("too many frames"),
+        "{}",
+        closed.reason
+    );
+    alice.expect_nothing().await;
+    assert_eq!(
+        s.metric("wspd_limits_hit_total{limit=\"frames_per_second\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn connections_per_address_are_bounded() {
+    let s = TestServer::start(config("localhost", "[limits]\nconnections_per_ip = 2\n")).await;
+    let a = s.connect_online("alice@localhost").await;
+    let mut b = s.connect_online("bob@localhost").await;
+    // A third connection from 127.0.0.1 is closed at once.
+    let url = s.url();
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        url.as_str(),
+    )
+    .unwrap();
+    req.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", s.token("carol@localhost"))
+            .parse()
+            .unwrap(),
+    );
+    assert!(tokio_tungstenite::connect_async(req).await.is_err());
+    b.expect_nothing().await;
+    // (Read in-process: a /metrics request would be one more connection.)
+    let m = s.running.app.metrics.render();
+    assert_eq!(
+        metric_value(&m, "wspd_limits_hit_total{limit=\"connections_per_ip\"}"),
+        1.0
+    );
+    // A socket that closes gives its place back.
+    a.close().await;
+    s.wait_sessions(1).await;
+    let mut c = s.connect_online("carol@localhost").await;
+    c.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn calls_ringing_for_one_user_are_bounded() {
+    let s = TestServer::start(config(
+        "localhost",
+        "[limits]\npending_invites_per_user = 2\n",
+    ))
+    .await;
+    let mut bob = s.connect_online("bob@localhost").await;
+    let mut callers = Vec::new();
+    for n in 0..3 {
+        callers.push(s.connect_online(&format!("caller{n}@localhost")).await);
+    }
+    for (n, c) in callers.iter_mut().enumerate().take(2) {
+        c.send(invite(
+            &format!("caller{n}@localhost"),
+            "bob@localhost",
+            &format!("ring-{n:04}"),
+        ))
+        .await;
+        bob.expect("invite").await;
+    }
+    callers[2]
+        .send(invite("caller2@localhost", "bob@localhost", "ring-0002"))
+        .await;
+    let f = callers[2].expect_bye(486).await;
+    assert!(
+        f[1]["description"]
+            .as_str()
+            .unwrap()
+            .contains("too many calls ringing")
+    );
+    bob.expect_nothing().await;
+    // Once one stops ringing (answered here), another may ring.
+    bob.send(offer("ring-0000")).await;
+    callers[0].expect("offer").await;
+    callers[2]
+        .send(invite("caller2@localhost", "bob@localhost", "ring-0003"))
+        .await;
+    bob.expect("invite").await;
+    // Other users are not affected by bob's limit.
+    let mut dave = s.connect_online("dave@localhost").await;
+    callers[1]
+        .send(invite("caller1@localhost", "dave@localhost", "ring-0004"))
+        .await;
+    dave.expect("invite").await;
+    assert_eq!(
+        s.metric("wspd_limits_hit_total{limit=\"pending_invites_per_user\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn too_many_calls_on_one_socket_is_503() {
+    let s = TestServer::start(config("localhost", "[limits]\ncalls_per_socket = 2\n")).await;
+    let mut alice = s.connect_online("alice@localhost").await;
+    let mut bob = s.connect_online("bob@localhost").await;
+    for n in 0..2 {
+        alice
+            .send(invite(
+                "alice@localhost",
+                "bob@localhost",
+                &format!("many-{n:04}"),
+            ))
+            .await;
+        bob.expect("invite").await;
+    }
+    alice
+        .send(invite("alice@localhost", "bob@localhost", "many-0002"))
+        .await;
+    alice.expect_bye(503).await;
+    bob.expect_nothing().await;
+}
