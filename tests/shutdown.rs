@@ -14,10 +14,21 @@ async fn stopping_ends_untransferred_calls_with_503_and_closes_with_1001() {
     let mut dave = s.connect_online("dave@localhost").await;
 
     // An answered call, a ringing call, and a transferred one.
-    answered_call(&mut alice, &mut bob, "alice@localhost", "bob@localhost", "answered-1").await;
-    carol.send(invite("carol@localhost", "dave@localhost", "ringing-1")).await;
+    answered_call(
+        &mut alice,
+        &mut bob,
+        "alice@localhost",
+        "bob@localhost",
+        "answered-1",
+    )
+    .await;
+    carol
+        .send(invite("carol@localhost", "dave@localhost", "ringing-1"))
+        .await;
     dave.expect("invite").await;
-    alice.send(invite("alice@localhost", "dave@localhost", "moved-call-1")).await;
+    alice
+        .send(invite("alice@localhost", "dave@localhost", "moved-call-1"))
+        .await;
     dave.expect("invite").await;
     dave.send(offer("moved-call-1")).await;
     alice.expect("offer").await;
@@ -35,7 +46,10 @@ async fn stopping_ends_untransferred_calls_with_503_and_closes_with_1001() {
     bob.expect_bye(503).await;
     carol.expect_bye(503).await;
     let f = dave.expect_bye(503).await;
-    assert_eq!(f[2]["call"], "ringing-1", "nothing for the transferred call");
+    assert_eq!(
+        f[2]["call"], "ringing-1",
+        "nothing for the transferred call"
+    );
     for c in [&mut alice, &mut bob, &mut carol, &mut dave] {
         let closed = c.expect_close().await;
         assert_eq!(closed.code, 1001);
@@ -47,7 +61,10 @@ async fn stopping_ends_untransferred_calls_with_503_and_closes_with_1001() {
         .unwrap();
     assert_eq!(running.app.router.active_calls(), 0);
     let m = running.app.metrics.render();
-    assert_eq!(metric_value(&m, "wspd_calls_total{outcome=\"unavailable\"}"), 2.0);
+    assert_eq!(
+        metric_value(&m, "wspd_calls_total{outcome=\"unavailable\"}"),
+        2.0
+    );
 }
 
 #[tokio::test]
@@ -57,7 +74,14 @@ async fn a_federated_call_hears_503_across_the_link() {
     let b = net.server("b.test", "").await;
     let mut alice = a.connect_online("alice@a.test").await;
     let mut bob = b.connect_online("bob@b.test").await;
-    answered_call(&mut alice, &mut bob, "alice@a.test", "bob@b.test", "fed-down-1").await;
+    answered_call(
+        &mut alice,
+        &mut bob,
+        "alice@a.test",
+        "bob@b.test",
+        "fed-down-1",
+    )
+    .await;
     a.stop().await;
     alice.expect_bye(503).await;
     // b.test relays a.test's 503 to bob: the call ends with the reason
@@ -106,22 +130,44 @@ async fn sigterm_during_live_calls() {
     let tokens = wspd::auth::Tokens::new("localhost", SECRET);
     let token = |u: &str| {
         tokens
-            .mint(&wspd::address::Address::parse(u).unwrap(), std::time::Duration::from_secs(60))
+            .mint(
+                &wspd::address::Address::parse(u).unwrap(),
+                std::time::Duration::from_secs(60),
+            )
             .0
     };
     let url = format!("ws://127.0.0.1:{port}/wsp");
     let mut alice = Client::connect(&url, &token("alice@localhost")).await;
     let mut bob = Client::connect(&url, &token("bob@localhost")).await;
-    answered_call(&mut alice, &mut bob, "alice@localhost", "bob@localhost", "sigterm-1").await;
+    answered_call(
+        &mut alice,
+        &mut bob,
+        "alice@localhost",
+        "bob@localhost",
+        "sigterm-1",
+    )
+    .await;
 
     let pid = child.id().unwrap().to_string();
     let started = std::time::Instant::now();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     alice.expect_bye(503).await;
     bob.expect_bye(503).await;
     assert_eq!(alice.expect_close().await.code, 1001);
     assert_eq!(bob.expect_close().await.code, 1001);
-    let status = tokio::time::timeout(WAIT, child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "{status}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(3), "exited within the grace period");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "exited within the grace period"
+    );
 }

@@ -10,7 +10,7 @@
 
 import { spawn, execFile } from 'node:child_process';
 import { once } from 'node:events';
-import { createWriteStream, existsSync, mkdirSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { Resolver } from 'node:dns/promises';
 import net from 'node:net';
@@ -33,6 +33,8 @@ export const WSPD_BIN = path.resolve(ROOT, process.env.WSPD_BIN ?? path.join('ta
 export const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 /** Default bound on every wait: short, because a failing setup costs all of it. */
 export const WAIT_MS = 10_000;
+/** Chromium's launch alone takes 1.5-4 s on a busy 2-CPU machine. */
+export const LAUNCH_MS = 15_000;
 
 /** Finds a program in PATH, then in the sbin folders (dnsmasq and ip live there). */
 export function which(name) {
@@ -42,6 +44,30 @@ export function which(name) {
   }
   return null;
 }
+
+// ---------------------------------------------------------------- guard
+
+/**
+ * Throws unless this process's network namespace has no interface but lo.
+ * Checked when this module loads, so a browser test started some other way
+ * than through run.mjs (a bare `node --test`, say) stops before it starts
+ * anything that could send packets off this machine.
+ */
+export function assertLoopbackOnly() {
+  const names = readFileSync('/proc/net/dev', 'utf8')
+    .split('\n')
+    .slice(2)
+    .map((l) => l.split(':')[0].trim())
+    .filter(Boolean);
+  const others = names.filter((n) => n !== 'lo');
+  if (others.length) {
+    throw new Error(
+      `browser tests run only in a network namespace whose one interface is lo (here: ${names.join(', ')}).\n` +
+        `Run them with: cargo test --test browser   (or see tests/browser/run.mjs)`,
+    );
+  }
+}
+assertLoopbackOnly();
 
 // ---------------------------------------------------------------- cleanup
 
@@ -92,11 +118,11 @@ export class Scope {
   }
 }
 
-/** Rejects with `what` after `ms` unless `promise` settles first. */
+/** Rejects after `ms` unless `promise` settles first; `what` (a string or a function giving one) says what was awaited. */
 export async function within(ms, what, promise) {
   let timer;
   const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${typeof what === 'function' ? what() : what}`)), ms);
   });
   try {
     return await Promise.race([promise, timeout]);
@@ -135,20 +161,24 @@ export class Proc {
     });
     live.add(this.child);
     this.exited = new Promise((resolve) => {
-      this.child.on('error', (err) => {
-        this.#line(`[spawn error: ${err.message}]`);
+      const finish = (status) => {
+        if (this.exitStatus) return;
         live.delete(this.child);
-        resolve({ code: null, signal: null, error: err });
-      });
-      // 'close': the process has exited and its output is fully read.
-      this.child.on('close', (code, signal) => {
-        live.delete(this.child);
-        this.exitStatus = { code, signal };
-        for (const w of this.#waiters) w.reject(new Error(`${this.name} exited (${signal ?? code}) while waiting for ${w.re}:\n${this.tail()}`));
+        this.exitStatus = status;
+        for (const w of this.#waiters) {
+          w.reject(new Error(`${this.name} exited (${status.signal ?? status.code}) while waiting for ${w.re}:\n${this.tail()}`));
+        }
         this.#waiters.clear();
-        resolve({ code, signal });
+        resolve(status);
+      };
+      this.child.on('error', (err) => {
+        this.#line(`[cannot run ${cmd}: ${err.message}]`);
+        finish({ code: null, signal: null, error: err });
       });
+      this.child.on('exit', (code, signal) => finish({ code, signal }));
     });
+    // All output read (later than 'exit' if a grandchild keeps the pipes open).
+    this.drained = once(this.child, 'close').catch(() => {});
     for (const stream of [this.child.stdout, this.child.stderr]) {
       createInterface({ input: stream }).on('line', (l) => this.#line(l));
     }
@@ -182,13 +212,17 @@ export class Proc {
     if (this.exitStatus) {
       return Promise.reject(new Error(`${this.name} has exited; no line matching ${re}:\n${this.tail()}`));
     }
-    const p = new Promise((resolve, reject) => this.#waiters.add({ re, resolve, reject }));
-    return within(ms, `${this.name}: a line matching ${re}\n${this.tail()}`, p);
+    const waiter = { re };
+    const p = new Promise((resolve, reject) => {
+      Object.assign(waiter, { resolve, reject });
+      this.#waiters.add(waiter);
+    });
+    return within(ms, () => `${this.name}: a line matching ${re}\n${this.tail()}`, p).finally(() => this.#waiters.delete(waiter));
   }
 
   /** SIGTERM, then waits for the exit; SIGKILL if it takes longer than `ms`. */
   async stop(ms = 5_000) {
-    if (!this.exitStatus && this.child.exitCode === null && this.child.signalCode === null) {
+    if (!this.exitStatus) {
       this.child.kill('SIGTERM');
       try {
         await within(ms, `${this.name} to exit after SIGTERM`, this.exited);
@@ -199,6 +233,12 @@ export class Proc {
       }
     }
     await this.exited;
+    try {
+      await within(1_000, `${this.name}'s output to end`, this.drained);
+    } catch {
+      this.child.stdout.destroy();
+      this.child.stderr.destroy();
+    }
     if (this.log) {
       this.log.end();
       await once(this.log, 'close');
@@ -289,7 +329,7 @@ export async function startWspd(scope, { domain, resolver, dir, extra = '', logD
   });
   scope.defer(async () => {
     const status = await proc.stop();
-    if (status.code !== 0) throw new Error(`wspd ${domain} exited with ${status.signal ?? status.code}:\n${proc.tail()}`);
+    if (status.code !== 0 || status.error) throw new Error(`wspd ${domain} exited with ${status.signal ?? status.code}:\n${proc.tail()}`);
   });
   const m = await proc.waitForLine(/listening on (wss?):\/\/([0-9.]+):(\d+)\/wsp/);
   const port = Number(m[3]);
@@ -359,8 +399,10 @@ export async function launchChromium(scope, { hosts, extraArgs = [] } = {}) {
     headless: true,
     args: [...chromiumArgs(hosts), ...extraArgs],
     ignoreHTTPSErrors: true,
-    env: { ...process.env, TMPDIR: tmp, XDG_RUNTIME_DIR: tmp },
-    timeout: WAIT_MS,
+    // Chromium's crash database goes to $XDG_CONFIG_HOME/chromium (else
+    // ~/.config/chromium) whatever the profile: keep it in the test folder.
+    env: { ...process.env, TMPDIR: tmp, XDG_RUNTIME_DIR: tmp, XDG_CONFIG_HOME: tmp, XDG_CACHE_HOME: tmp, HOME: tmp },
+    timeout: LAUNCH_MS,
   });
   context.setDefaultTimeout(WAIT_MS);
   // Registered after the folders, so it runs before they are removed.

@@ -9,7 +9,7 @@
 // end. It fails if any process is left running in the namespace afterwards.
 
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, readlinkSync, readFileSync, rmSync, chmodSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -62,8 +62,37 @@ const files = args.length
 if (!files.length) refuse(`no *.test.mjs in ${HERE}`);
 
 // 3. Temporary files of Chromium, Playwright and the tests go here.
-const tmp = mkdtempSync(path.join(os.tmpdir(), 'wspd-browser-run-'));
+const PREFIX = 'wspd-browser-run-';
+
+/** "pid starttime" of a process as /proc numbers it, or null. */
+function identity(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').split(' ');
+    return `${pid} ${stat[19]}`;
+  } catch {
+    return null;
+  }
+}
+
+/** Removes folders of earlier runs that were killed before they could. */
+function removeStale() {
+  if (readlinkSync('/proc/self') === '1') return; // a private /proc: other runs' owners are invisible
+  for (const e of readdirSync(os.tmpdir())) {
+    if (!e.startsWith(PREFIX)) continue;
+    const dir = path.join(os.tmpdir(), e);
+    try {
+      const owner = readFileSync(path.join(dir, 'owner'), 'utf8').trim();
+      if (identity(owner.split(' ')[0]) !== owner) rmSync(dir, { recursive: true, force: true });
+    } catch {
+      // no owner file yet, or not ours: leave it
+    }
+  }
+}
+
+removeStale();
+const tmp = mkdtempSync(path.join(os.tmpdir(), PREFIX));
 chmodSync(tmp, 0o700); // XDG_RUNTIME_DIR must be private
+writeFileSync(path.join(tmp, 'owner'), identity(readlinkSync('/proc/self')) ?? '');
 const env = { ...process.env, TMPDIR: tmp, XDG_RUNTIME_DIR: tmp };
 
 const myNetNs = readlinkSync('/proc/self/ns/net');

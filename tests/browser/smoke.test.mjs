@@ -197,7 +197,7 @@ before(async () => {
   env = { a: servers['a.test'], b: servers['b.test'], pageA: pages[0], pageB: pages[1], pageErrors };
   const ms = (x) => `${Math.round(x)} ms`;
   diagnostics.push(`setup: dnsmasq and 2 wspd ${ms(t1 - t0)}, Chromium launch ${ms(t2 - t1)}, 2 pages ${ms(t3 - t2)}`);
-});
+}, { timeout: 30_000 });
 
 const diagnostics = [];
 
