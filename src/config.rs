@@ -92,6 +92,12 @@ pub struct Federation {
     pub failure_cache: Duration,
     /// The longest backoff after failed link attempts.
     pub backoff_max: Duration,
+    /// Invites a second accepted from one origin domain (on its link).
+    pub invites_per_second: u32,
+    /// Invites one origin may send at once before the rate applies.
+    pub invite_burst: u32,
+    /// Calls in flight from one origin domain at most.
+    pub calls_per_link: usize,
 }
 
 /// A `host:port` from `[federation.peers]`.
@@ -202,6 +208,9 @@ struct RawFederation {
     link_idle_timeout: Option<ConfDuration>,
     failure_cache: Option<ConfDuration>,
     backoff_max: Option<ConfDuration>,
+    invites_per_second: Option<u32>,
+    invite_burst: Option<u32>,
+    calls_per_link: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -477,7 +486,22 @@ fn federation(f: RawFederation, base: &Path) -> Result<Federation, ConfigError> 
             .map_or(Duration::from_secs(300), |d| d.0),
         failure_cache: f.failure_cache.map_or(Duration::from_secs(5), |d| d.0),
         backoff_max: f.backoff_max.map_or(Duration::from_secs(60), |d| d.0),
+        invites_per_second: f.invites_per_second.unwrap_or(100),
+        invite_burst: f.invite_burst.unwrap_or(200),
+        calls_per_link: f.calls_per_link.unwrap_or(10_000),
     };
+    for (key, v) in [
+        (
+            "federation.invites_per_second",
+            fed.invites_per_second as usize,
+        ),
+        ("federation.invite_burst", fed.invite_burst as usize),
+        ("federation.calls_per_link", fed.calls_per_link),
+    ] {
+        if v == 0 {
+            return Err(invalid(key, "must be at least 1"));
+        }
+    }
     for (key, v) in [
         ("federation.lookup_timeout", fed.lookup_timeout),
         ("federation.connect_timeout", fed.connect_timeout),

@@ -153,3 +153,50 @@ async fn too_many_calls_on_one_socket_is_503() {
     alice.expect_bye(503).await;
     bob.expect_nothing().await;
 }
+
+#[tokio::test]
+async fn one_domain_flooding_invites_is_bounded_on_its_own_link() {
+    let net = Net::new("limits-link").await;
+    let a = net.server("a.test", "").await;
+    let b = net
+        .server(
+            "b.test",
+            "invites_per_second = 1\ninvite_burst = 2\ncalls_per_link = 3\n",
+        )
+        .await;
+    let mut alice = a.connect_online("alice@a.test").await;
+    let mut bob = b.connect_online("bob@b.test").await;
+    for n in 0..2 {
+        alice
+            .send(invite(
+                "alice@a.test",
+                "bob@b.test",
+                &format!("flood-in-{n}"),
+            ))
+            .await;
+        bob.expect("invite").await;
+    }
+    alice
+        .send(invite("alice@a.test", "bob@b.test", "flood-in-2"))
+        .await;
+    let f = alice.expect_bye(503).await;
+    assert!(
+        f[1]["description"]
+            .as_str()
+            .unwrap()
+            .contains("Too many invites"),
+        "{f}"
+    );
+    bob.expect_nothing().await;
+    // b.test's own users are not slowed by a.test's flood.
+    let mut carol = b.connect_online("carol@b.test").await;
+    carol
+        .send(invite("carol@b.test", "bob@b.test", "local-while-flooded"))
+        .await;
+    bob.expect("invite").await;
+    assert_eq!(
+        b.metric("wspd_limits_hit_total{limit=\"invites_per_second\"}")
+            .await,
+        1.0
+    );
+}

@@ -43,6 +43,7 @@ use crate::config::{Config, Federation, Limits};
 use crate::federation::discovery::{Discovery, DiscoveryError};
 use crate::federation::keys::{self, LinkAuth, LinkKey, PublishedKeys};
 use crate::frame::{self, Body};
+use crate::limits::TokenBucket;
 use crate::metrics::Metrics;
 use crate::router::{Out, Peer, Refused, Router};
 use crate::session::{self, Close, Handler, PumpConfig};
@@ -307,6 +308,8 @@ impl Links {
             calls: Vec::new(),
             idle_since: Some(Instant::now()),
             idle_after: self.fed.link_idle_timeout,
+            invites: self.invite_bucket(),
+            max_calls: self.fed.calls_per_link,
         };
         let close = session::pump(
             &mut ws,
@@ -337,6 +340,14 @@ impl Links {
             router.gone(id, &call);
         }
         self.metrics.link_up(dir, -1);
+    }
+
+    fn invite_bucket(&self) -> TokenBucket {
+        TokenBucket::new(
+            self.fed.invites_per_second,
+            self.fed.invite_burst,
+            Instant::now(),
+        )
     }
 
     fn pump_config(&self) -> PumpConfig {
@@ -695,6 +706,8 @@ impl Links {
                 calls: Vec::new(),
                 idle_since: None,
                 idle_after: self.fed.link_idle_timeout,
+                invites: self.invite_bucket(),
+                max_calls: self.fed.calls_per_link,
             };
             let close = session::pump(
                 &mut ws,
@@ -805,6 +818,10 @@ struct LinkHandler {
     /// Outbound links: when the last call left (idle close).
     idle_since: Option<Instant>,
     idle_after: Duration,
+    /// Inbound links: the origin's invites per second.
+    invites: TokenBucket,
+    /// Inbound links: calls in flight from the origin, at most.
+    max_calls: usize,
 }
 
 impl LinkHandler {
@@ -821,6 +838,20 @@ impl LinkHandler {
                 "Invites are not accepted in this direction of the link",
                 Some(id),
             );
+        }
+        // One domain's flood is bounded on its own link: other domains'
+        // links and local calls are not slowed by it.
+        if !self.invites.take(Instant::now()) {
+            metrics.limit_hit("invites_per_second");
+            return self.refuse(
+                503,
+                "Too many invites from this domain: slow down",
+                Some(id),
+            );
+        }
+        if self.calls.len() >= self.max_calls {
+            metrics.limit_hit("calls_per_link");
+            return self.refuse(503, "Too many calls in flight from this domain", Some(id));
         }
         let (Ok(caller), Ok(callee)) = (Address::parse(caller_uri), Address::parse(callee_uri))
         else {
