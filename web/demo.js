@@ -103,8 +103,9 @@ conn.onincoming = (c) => {
   $('incoming').hidden = false;
 };
 
-async function start(token, iceServers) {
-  if (iceServers?.length) conn.rtcConfiguration = { iceServers };
+async function start(token) {
+  // ICE servers (TURN credentials) come from the server on every
+  // (re)connection, through GET /session: nothing to set here.
   await conn.connect(wsUrl, token);
   sessionStorage.setItem('wsp-token', token);
   $('signin').hidden = true;
@@ -131,7 +132,7 @@ $('login-form').addEventListener('submit', async (e) => {
           : body.description || `sign-in refused (${r.status})`;
       return;
     }
-    await start(body.token, body.iceServers);
+    await start(body.token);
   } catch (err) {
     $('signin-error').textContent = `cannot sign in: ${err.message ?? err}`;
   }
@@ -167,16 +168,13 @@ $('accept').addEventListener('click', async () => {
   await call.accept({ stream: await media() });
 });
 
+// The call's onclose reports our own decline and hang-up too.
 $('decline').addEventListener('click', () => {
   $('incoming').hidden = true;
   call.decline();
-  endOfCall(603);
 });
 
-$('hangup').addEventListener('click', () => {
-  call?.hangup();
-  endOfCall(200);
-});
+$('hangup').addEventListener('click', () => call?.hangup());
 
 $('message-form').addEventListener('submit', (e) => {
   e.preventDefault();
