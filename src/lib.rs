@@ -60,6 +60,49 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Every connection, session and link task.
     pub tasks: TaskTracker,
+    /// The TLS acceptor for new connections, replaced on reload.
+    tls: std::sync::RwLock<Option<TlsAcceptor>>,
+}
+
+impl App {
+    /// The TLS acceptor new connections use (None: plain TCP).
+    pub fn tls_acceptor(&self) -> Option<TlsAcceptor> {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Applies what can change without a restart (SIGHUP): the TLS
+    /// certificate and key, and the federation allow/deny lists. Sockets and
+    /// links stay up; new connections get the new certificate. Returns the
+    /// keys whose change was ignored because it needs a restart. On error
+    /// nothing is changed.
+    pub fn reload(&self, new: &Config) -> Result<Vec<&'static str>, StartError> {
+        let old = &self.config;
+        let mut ignored = Vec::new();
+        if new.domain != old.domain {
+            ignored.push("domain");
+        }
+        if new.listen != old.listen {
+            ignored.push("listen");
+        }
+        if new.tls.is_some() != old.tls.is_some() {
+            ignored.push("tls");
+        }
+        if new.federation.is_some() != old.federation.is_some() {
+            ignored.push("federation");
+        }
+        let tls = match (&new.tls, &old.tls) {
+            (Some(t), Some(_)) => Some(load_tls(t)?),
+            _ => None,
+        };
+        if let Some(acceptor) = tls {
+            *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Some(acceptor);
+        }
+        if let (Some(links), Some(fed)) = (&self.links, &new.federation) {
+            links.set_policy(fed.allow.clone(), fed.deny.clone());
+        }
+        info!(ignored = ?ignored, "configuration reloaded: TLS certificate and federation policy");
+        Ok(ignored)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +121,6 @@ pub enum StartError {
 pub struct Server {
     app: Arc<App>,
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
 }
 
 /// A server running in the background.
@@ -139,12 +181,17 @@ impl Server {
             links,
             shutdown,
             tasks,
+            tls: std::sync::RwLock::new(tls),
         };
         Ok(Server {
             app: Arc::new(app),
             listener,
-            tls,
         })
+    }
+
+    /// The shared state (for reloads and tests).
+    pub fn app(&self) -> Arc<App> {
+        self.app.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -172,13 +219,17 @@ impl Server {
         });
         let shutdown = self.app.shutdown.clone();
         let grace = self.app.config.limits.shutdown_grace;
-        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        let scheme = if self.app.tls_acceptor().is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
         info!(
             domain = %self.app.config.domain,
             "listening on {scheme}://{}/wsp",
             self.local_addr()
         );
-        server::accept_loop(self.app, self.listener, self.tls, shutdown, tasks.clone()).await;
+        server::accept_loop(self.app, self.listener, shutdown, tasks.clone()).await;
         tasks.close();
         if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
             tracing::warn!(

@@ -87,7 +87,7 @@ fn main() -> std::process::ExitCode {
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(cli.config.as_deref())?;
     match cli.command {
-        None => run(config, cli.log_format),
+        None => run(config, cli.config.clone(), cli.log_format),
         Some(Command::Token { address, ttl }) => {
             let user = Address::parse(&address).with_context(|| format!("{address:?}"))?;
             if user.domain() != config.domain {
@@ -167,7 +167,7 @@ fn check(config: &Config, path: Option<&Path>, domain: &str) -> anyhow::Result<(
     }
 }
 
-fn run(config: Config, log_format: LogFormat) -> anyhow::Result<()> {
+fn run(config: Config, config_path: Option<PathBuf>, log_format: LogFormat) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -181,6 +181,29 @@ fn run(config: Config, log_format: LogFormat) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let server = wspd::Server::bind(config).await?;
+        let app = server.app();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                match load_config(config_path.as_deref())
+                    .map_err(|e| format!("{e:#}"))
+                    .and_then(|c| app.reload(&c).map_err(|e| e.to_string()))
+                {
+                    Ok(ignored) if !ignored.is_empty() => tracing::warn!(
+                        ?ignored,
+                        "these keys changed but need a restart to take effect"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!("reload failed, the running configuration stays: {e}")
+                    }
+                }
+            }
+        });
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         tokio::spawn(async move {

@@ -48,7 +48,6 @@ type Body = Full<Bytes>;
 pub async fn accept_loop(
     app: Arc<App>,
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -89,9 +88,8 @@ pub async fn accept_loop(
             tasks: tasks.clone(),
             _held: Arc::new((permit, ip_slot)),
         };
-        let app = app.clone();
-        let tls = tls.clone();
-        tasks.spawn(connection(app, tcp, tls, ctx));
+        let tls = app.tls_acceptor();
+        tasks.spawn(connection(app.clone(), tcp, tls, ctx));
     }
 }
 

@@ -120,6 +120,8 @@ fn refusal(status: StatusCode, id: &'static str, description: impl Into<String>)
 pub struct Links {
     domain: String,
     fed: Federation,
+    /// `allow` and `deny`, replaced on reload (SIGHUP).
+    policy: std::sync::RwLock<(Vec<String>, Vec<String>)>,
     limits: Limits,
     discovery: Discovery,
     key: LinkKey,
@@ -191,6 +193,7 @@ impl Links {
         Ok(Links {
             domain: config.domain.clone(),
             fed: fed.clone(),
+            policy: std::sync::RwLock::new((fed.allow.clone(), fed.deny.clone())),
             limits: config.limits.clone(),
             discovery,
             key,
@@ -202,6 +205,19 @@ impl Links {
             shutdown,
             tasks,
         })
+    }
+
+    /// Whether policy lets `domain` federate (the lists as last reloaded).
+    pub fn allows(&self, domain: &str) -> bool {
+        let p = self.policy.read().unwrap_or_else(|e| e.into_inner());
+        let (allow, deny) = &*p;
+        !deny.iter().any(|d| d == domain) && (allow.is_empty() || allow.iter().any(|d| d == domain))
+    }
+
+    /// Replaces the allow and deny lists (SIGHUP). Links already up stay;
+    /// the new lists apply to every new call and link.
+    pub fn set_policy(&self, allow: Vec<String>, deny: Vec<String>) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = (allow, deny);
     }
 
     /// The keys document served at `/.well-known/wsp/keys`.
@@ -222,7 +238,7 @@ impl Links {
     /// The link to `domain` for a new call: the one up or being opened, or a
     /// new one. Refused at once by policy or while backing off.
     pub fn link_for(self: &Arc<Self>, router: &Arc<Router>, domain: &str) -> Result<Peer, Refused> {
-        if !self.fed.allows(domain) {
+        if !self.allows(domain) {
             return Err(Refused::new(
                 403,
                 "Federation with this domain is refused by policy",
@@ -598,7 +614,7 @@ impl Links {
                 ),
             ));
         }
-        if auth.origin == self.domain || !self.fed.allows(&auth.origin) {
+        if auth.origin == self.domain || !self.allows(&auth.origin) {
             return Err(refuse(
                 "policy",
                 refusal(
