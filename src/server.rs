@@ -195,7 +195,8 @@ async fn route(
                 "this server does not federate",
             ),
         },
-        (&Method::POST, "/token") => login(app, req).await,
+        (&Method::POST, "/token") => with_cors(login(app, req).await),
+        (&Method::OPTIONS, "/token" | "/session") => preflight(),
         (&Method::GET, "/healthz") => {
             text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into())
         }
@@ -269,6 +270,8 @@ fn serve_static(path: &str) -> Response<Body> {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // Pages of other origins may import the library as a module.
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
@@ -276,6 +279,28 @@ fn serve_static(path: &str) -> Response<Body> {
              img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
         ),
     );
+    r
+}
+
+/// `POST /token` and `GET /session` may be called from pages of any
+/// origin: they carry no cookies, only what the caller sends.
+fn with_cors(mut r: Response<Body>) -> Response<Body> {
+    r.headers_mut()
+        .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    r
+}
+
+/// The answer to a CORS preflight for `/token` and `/session`.
+fn preflight() -> Response<Body> {
+    let mut r = with_cors(Response::new(Full::new(Bytes::new())));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type"),
+    );
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
     r
 }
 

@@ -200,3 +200,40 @@ async fn one_domain_flooding_invites_is_bounded_on_its_own_link() {
         1.0
     );
 }
+
+/// A socket that stops reading is disconnected once its outbox is full,
+/// instead of growing memory; its calls end for their peers with 410.
+#[tokio::test]
+async fn a_reader_too_slow_is_disconnected() {
+    let s = TestServer::start(config(
+        "localhost",
+        "[limits]\noutbox_frames = 8\nframe_burst = 1000\nframes_per_second = 1000\n",
+    ))
+    .await;
+    let mut alice = s.connect_online("alice@localhost").await;
+    let mut bob = s.connect_online("bob@localhost").await;
+    answered_call(&mut alice, &mut bob, "alice@localhost", "bob@localhost", "slow-read-1").await;
+    // Bob stops reading. Alice sends big candidates until the kernel's
+    // buffers and then bob's outbox are full.
+    let big = "x".repeat(60_000);
+    let mut sent = 0;
+    let gone = loop {
+        assert!(sent < 2_000, "bob was never disconnected");
+        alice
+            .send(json!(["icecandidate", {"candidate": big, "sdpMid": "0", "sdpMLineIndex": 0}, {"call": "slow-read-1"}]))
+            .await;
+        sent += 1;
+        // Alice hears of bob only once he is gone.
+        if let Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) =
+            tokio::time::timeout(std::time::Duration::ZERO, futures_util::StreamExt::next(&mut alice.ws)).await
+        {
+            break serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap();
+        }
+    };
+    assert_eq!(gone[0], "bye", "{gone}");
+    assert_eq!(gone[1]["code"], 410, "{gone}");
+    drop(bob);
+    let m = s.metrics().await;
+    assert_eq!(metric_value(&m, "wspd_refusals_total{reason=\"slow_reader\"}"), 1.0);
+    assert_eq!(metric_value(&m, "wspd_calls_active"), 0.0);
+}
