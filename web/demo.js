@@ -65,7 +65,8 @@ function endOfCall(code, description) {
 /** Wires a call's callbacks to the page. */
 function follow(c) {
   call = c;
-  showCall(true);
+  // An incoming call shows its controls once accepted.
+  showCall(c.direction === 'out');
   $('remote-label').textContent = c.peer.name || c.peer.uri;
   c.onringing = () => setCallState('ringing');
   c.ontrack = (_track, streams) => {
@@ -165,7 +166,12 @@ $('accept').addEventListener('click', async () => {
   $('incoming').hidden = true;
   setCallState('connecting');
   $('messages').replaceChildren();
-  await call.accept({ stream: await media() });
+  const c = call;
+  const stream = await media();
+  // The caller may have hung up while the camera was starting.
+  if (call !== c || c.state === 'closed') return;
+  showCall(true);
+  await c.accept({ stream });
 });
 
 // The call's onclose reports our own decline and hang-up too.
