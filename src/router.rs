@@ -43,7 +43,22 @@ pub enum Out {
     Detach(CallId),
 }
 
-/// A handle on a socket (or, later, a link): cheap to clone.
+/// Closes an outbox and returns the calls its owner is still a party of:
+/// `calls` (what it knew) plus what was still queued (`Attach`ed and not
+/// `Detach`ed). The owner then tells each call it is gone.
+pub fn close_outbox(rx: &mut mpsc::Receiver<Out>, mut calls: Vec<CallId>) -> Vec<CallId> {
+    rx.close();
+    while let Ok(out) = rx.try_recv() {
+        match out {
+            Out::Attach(c) => calls.push(c),
+            Out::Detach(c) => calls.retain(|x| *x != c),
+            Out::Frame(_) => {}
+        }
+    }
+    calls
+}
+
+/// A handle on a client socket or a link: cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Peer {
     pub id: PeerId,

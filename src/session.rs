@@ -27,7 +27,7 @@ use crate::config::Limits;
 use crate::frame::{self, Body, Keyword};
 use crate::limits::TokenBucket;
 use crate::metrics::{Metrics, Refusal};
-use crate::router::{Out, Peer, Router};
+use crate::router::{Out, Peer, Router, close_outbox};
 
 /// How many queued messages are written before one flush.
 const WRITE_BATCH: usize = 64;
@@ -147,17 +147,10 @@ fn leave(
     user: &Address,
     me: &Peer,
     rx: &mut mpsc::Receiver<Out>,
-    mut calls: Vec<CallId>,
+    calls: Vec<CallId>,
 ) -> usize {
     router.unregister(user, me.id);
-    rx.close();
-    while let Ok(out) = rx.try_recv() {
-        match out {
-            Out::Attach(c) => calls.push(c),
-            Out::Detach(c) => calls.retain(|x| *x != c),
-            Out::Frame(_) => {}
-        }
-    }
+    let calls = close_outbox(rx, calls);
     for call in &calls {
         router.gone(me.id, call);
     }

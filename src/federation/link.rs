@@ -45,7 +45,7 @@ use crate::federation::keys::{self, LinkAuth, LinkKey, PublishedKeys};
 use crate::frame::{self, Body};
 use crate::limits::TokenBucket;
 use crate::metrics::Metrics;
-use crate::router::{Out, Peer, Refused, Router};
+use crate::router::{Out, Peer, Refused, Router, close_outbox};
 use crate::session::{self, Close, Handler, PumpConfig};
 
 /// How many frames may wait for one link (all its calls together).
@@ -305,7 +305,7 @@ impl Links {
                 self.note_failure(&domain, f.refused);
                 self.outbound.remove_if(&domain, |_, p| p.id == id);
                 // Every call that was waiting for this link is refused.
-                for call in drain_calls(&mut rx, Vec::new()) {
+                for call in close_outbox(&mut rx, Vec::new()) {
                     router.remote_bye(id, &call, f.refused.code, f.refused.description);
                 }
                 return;
@@ -337,7 +337,7 @@ impl Links {
         )
         .await;
         self.outbound.remove_if(&domain, |_, p| p.id == id);
-        let calls = drain_calls(&mut rx, std::mem::take(&mut h.calls));
+        let calls = close_outbox(&mut rx, std::mem::take(&mut h.calls));
         session::close_socket(&mut ws, close).await;
         self.end_link(&router, id, calls, "out");
     }
@@ -734,27 +734,13 @@ impl Links {
                 &mut h,
             )
             .await;
-            let calls = drain_calls(&mut rx, std::mem::take(&mut h.calls));
+            let calls = close_outbox(&mut rx, std::mem::take(&mut h.calls));
             session::close_socket(&mut ws, close).await;
             self.end_link(&router, id, calls, "in");
         }
         .instrument(span)
         .await
     }
-}
-
-/// Closes an outbox and returns the calls it still names (`Attach`ed and
-/// not `Detach`ed), starting from `calls`.
-fn drain_calls(rx: &mut mpsc::Receiver<Out>, mut calls: Vec<CallId>) -> Vec<CallId> {
-    rx.close();
-    while let Ok(out) = rx.try_recv() {
-        match out {
-            Out::Attach(c) => calls.push(c),
-            Out::Detach(c) => calls.retain(|x| *x != c),
-            Out::Frame(_) => {}
-        }
-    }
-    calls
 }
 
 /// Why a signed link upgrade was not accepted.
