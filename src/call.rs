@@ -399,9 +399,11 @@ impl Call {
                 callee,
                 caller_answered,
             } => {
-                let (me, other) = if is_caller {
+                // A side that sent its 101 is no longer a party (protocol
+                // §3): its frames get 481, like a stranger's.
+                let (me, other) = if is_caller && !self.caller.transferred {
                     (&mut self.caller, *callee)
-                } else if from == callee.peer && callee.present {
+                } else if from == callee.peer && callee.present && !callee.transferred {
                     (callee, self.caller)
                 } else {
                     return refuse(out, from, 481, "No such call");

@@ -260,16 +260,28 @@ impl<'de> Deserialize<'de> for ConfDuration {
             Secs(u64),
             Text(String),
         }
-        match Either::deserialize(d)? {
-            Either::Secs(s) => Ok(ConfDuration(Duration::from_secs(s))),
-            Either::Text(t) => parse_duration(&t).map(ConfDuration).ok_or_else(|| {
+        let d = match Either::deserialize(d)? {
+            Either::Secs(s) => Duration::from_secs(s),
+            Either::Text(t) => parse_duration(&t).ok_or_else(|| {
                 serde::de::Error::custom(format!(
                     "invalid duration {t:?}: write a number with ms, s, m or h, like \"60s\""
                 ))
-            }),
+            })?,
+        };
+        // Durations are added to now and to the Unix time (ring deadline,
+        // token expiry...): a bound keeps those from overflowing.
+        if d > MAX_DURATION {
+            return Err(serde::de::Error::custom(format!(
+                "duration of {}s is too long: at most 10 years (87600h)",
+                d.as_secs()
+            )));
         }
+        Ok(ConfDuration(d))
     }
 }
+
+/// The longest duration a config may give: 10 years.
+const MAX_DURATION: Duration = Duration::from_secs(87600 * 3600);
 
 fn parse_duration(t: &str) -> Option<Duration> {
     let t = t.trim();

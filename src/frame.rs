@@ -169,22 +169,49 @@ impl<'de> Deserialize<'de> for RawFrame<'de> {
     }
 }
 
-/// Accepts any JSON string without keeping it.
+/// `T` read from a JSON object only. serde's derived structs also accept an
+/// array of their fields in order (`["offer", "v=0"]` for
+/// `{"type": "offer", "sdp": "v=0"}`), which would then be relayed as it is;
+/// WSP content and options are objects (docs/protocol.md §3).
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Object<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// Accepts any JSON string without keeping it. The string is skipped as a
+/// raw value rather than decoded: an SDP is full of `\r\n` escapes, and
+/// unescaping it into a scratch buffer only to drop it costs more than the
+/// rest of the frame's handling.
 struct AnyString;
 
 impl<'de> Deserialize<'de> for AnyString {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = AnyString;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<AnyString, E> {
-                Ok(AnyString)
-            }
+        let raw = <&RawValue>::deserialize(d)?.get();
+        if raw.starts_with('"') {
+            return Ok(AnyString);
         }
-        d.deserialize_str(V)
+        let unexpected = match raw.as_bytes().first() {
+            Some(b'{') => de::Unexpected::Map,
+            Some(b'[') => de::Unexpected::Seq,
+            Some(b't') => de::Unexpected::Bool(true),
+            Some(b'f') => de::Unexpected::Bool(false),
+            Some(b'n') => de::Unexpected::Unit,
+            _ => de::Unexpected::Other("number"),
+        };
+        Err(de::Error::invalid_type(unexpected, &"a string"))
     }
 }
 
@@ -201,9 +228,9 @@ struct PartyWire<'a> {
 #[serde(expecting = "an object {caller, callee}")]
 struct InviteWire<'a> {
     #[serde(borrow)]
-    caller: PartyWire<'a>,
+    caller: Object<PartyWire<'a>>,
     #[serde(borrow)]
-    callee: PartyWire<'a>,
+    callee: Object<PartyWire<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -248,7 +275,164 @@ fn is_null(v: Option<&RawValue>) -> bool {
 }
 
 /// Decodes and validates one text message.
+///
+/// A well-formed frame is read in one pass ([`decode_fast`]): its content
+/// is checked for its keyword while the array is read, so an SDP is
+/// scanned once rather than once as raw JSON and again for its fields. Any
+/// frame that pass does not accept is decoded again by [`decode_checked`],
+/// which says exactly what is wrong (and is the definition of what is
+/// accepted: the two agree on every frame the fast pass accepts).
 pub fn decode(text: &str) -> Result<Inbound<'_>, FrameError> {
+    match decode_fast(text) {
+        Some(f) => Ok(f),
+        None => decode_checked(text),
+    }
+}
+
+/// What the one-pass reading found in the content, by keyword.
+enum Checked<'a> {
+    Invite(InviteWire<'a>),
+    Ringing,
+    Description(Cow<'a, str>),
+    Candidate,
+    Bye(u16),
+    /// Absent or null.
+    Nothing,
+}
+
+/// The frame array with the content checked as it is read.
+struct OnePass<'a> {
+    keyword_raw: &'a RawValue,
+    keyword: Keyword,
+    checked: Checked<'a>,
+    options: Option<&'a RawValue>,
+}
+
+impl<'de> Deserialize<'de> for OnePass<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OnePass<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a WSP frame")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let keyword_raw: &RawValue = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let name: Cow<str> =
+                    serde_json::from_str(keyword_raw.get()).map_err(de::Error::custom)?;
+                let keyword =
+                    Keyword::parse(&name).ok_or_else(|| de::Error::custom("unknown keyword"))?;
+                let checked = match keyword {
+                    Keyword::Invite => seq
+                        .next_element::<Option<Object<InviteWire>>>()?
+                        .flatten()
+                        .map(|w| Checked::Invite(w.0)),
+                    Keyword::Ringing => match seq.next_element::<Option<&RawValue>>()?.flatten() {
+                        Some(c) if !c.get().starts_with('{') => {
+                            return Err(de::Error::custom("ringing content"));
+                        }
+                        Some(_) => Some(Checked::Ringing),
+                        None => None,
+                    },
+                    Keyword::Offer | Keyword::Answer => seq
+                        .next_element::<Option<Object<DescriptionWire>>>()?
+                        .flatten()
+                        .map(|w| Checked::Description(w.0.kind)),
+                    Keyword::IceCandidate => seq
+                        .next_element::<Option<Object<CandidateWire>>>()?
+                        .flatten()
+                        .map(|_| Checked::Candidate),
+                    Keyword::Bye => seq
+                        .next_element::<Option<Object<ByeWire>>>()?
+                        .flatten()
+                        .map(|w| Checked::Bye(w.0.code)),
+                };
+                let options = seq.next_element()?;
+                if seq.next_element::<IgnoredAny>()?.is_some() {
+                    return Err(de::Error::invalid_length(4, &self));
+                }
+                Ok(OnePass {
+                    keyword_raw,
+                    keyword,
+                    checked: checked.unwrap_or(Checked::Nothing),
+                    options,
+                })
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// The text of the content of a frame read by [`OnePass`]: what lies
+/// between the keyword and the options (or the end of the array), less the
+/// separators. `text` is valid JSON here, so that is exactly the value.
+fn content_between<'a>(
+    text: &'a str,
+    keyword: &'a RawValue,
+    options: Option<&'a RawValue>,
+) -> Option<&'a str> {
+    const WS: &[char] = &[' ', '\t', '\n', '\r'];
+    let offset = |part: &str| (part.as_ptr() as usize).checked_sub(text.as_ptr() as usize);
+    let start = offset(keyword.get())? + keyword.get().len();
+    let end = match options {
+        Some(o) => offset(o.get())?,
+        None => text.len(),
+    };
+    let mid = text.get(start..end)?;
+    let mid = mid.trim_start_matches(WS).strip_prefix(',')?;
+    let mid = mid.trim_end_matches(WS);
+    let mid = match options {
+        Some(_) => mid.strip_suffix(',')?,
+        None => mid.strip_suffix(']')?,
+    };
+    Some(mid.trim_matches(WS))
+}
+
+/// One pass over a frame that is well formed; `None` for anything else.
+fn decode_fast(text: &str) -> Option<Inbound<'_>> {
+    let f: OnePass = serde_json::from_str(text).ok()?;
+    let call = if is_null(f.options) {
+        None
+    } else {
+        let Object(opts): Object<OptionsWire> =
+            serde_json::from_str(f.options.map_or("null", RawValue::get)).ok()?;
+        match opts.call {
+            None => None,
+            Some(c) => Some(CallId::parse(&c)?),
+        }
+    };
+    let content = || content_between(text, f.keyword_raw, f.options);
+    let body = match (f.keyword, f.checked) {
+        (Keyword::Invite, Checked::Invite(w)) => Body::Invite(Invite {
+            caller_uri: w.caller.0.uri,
+            callee_uri: w.callee.0.uri,
+            raw: content()?,
+        }),
+        (Keyword::Ringing, Checked::Ringing | Checked::Nothing) => Body::Empty,
+        (Keyword::Offer, Checked::Description(kind)) if kind == "offer" => Body::Raw(content()?),
+        (Keyword::Answer, Checked::Description(kind)) if kind == "answer" || kind == "pranswer" => {
+            Body::Raw(content()?)
+        }
+        (Keyword::IceCandidate, Checked::Candidate) => Body::Raw(content()?),
+        (Keyword::IceCandidate, Checked::Nothing) => Body::Raw("null"),
+        (Keyword::Bye, Checked::Bye(code)) if (100..=699).contains(&code) => Body::Bye(Bye {
+            code,
+            raw: content()?,
+        }),
+        _ => return None,
+    };
+    Some(Inbound {
+        keyword: f.keyword,
+        call,
+        body,
+    })
+}
+
+/// Decodes one text message in two passes (the array as raw JSON, then
+/// each part), naming what is wrong with it.
+fn decode_checked(text: &str) -> Result<Inbound<'_>, FrameError> {
     let raw: RawFrame = serde_json::from_str(text).map_err(|e| match e.classify() {
         // The array visitor stops at the first value of the wrong type
         // (`{` of "{not json"): only JSON as a whole is "not an array".
@@ -265,8 +449,9 @@ pub fn decode(text: &str) -> Result<Inbound<'_>, FrameError> {
     let call = if is_null(raw.options) {
         None
     } else {
-        let opts: OptionsWire = serde_json::from_str(raw.options.map_or("null", RawValue::get))
-            .map_err(|e| FrameError::Options(short(&e)))?;
+        let Object(opts): Object<OptionsWire> =
+            serde_json::from_str(raw.options.map_or("null", RawValue::get))
+                .map_err(|e| FrameError::Options(short(&e)))?;
         match opts.call {
             None => None,
             Some(c) => Some(CallId::parse(&c).ok_or_else(|| {
@@ -284,10 +469,11 @@ pub fn decode(text: &str) -> Result<Inbound<'_>, FrameError> {
     let body = match keyword {
         Keyword::Invite => {
             let raw = content.ok_or_else(missing)?;
-            let w: InviteWire = serde_json::from_str(raw).map_err(|e| bad(short(&e)))?;
+            let Object(w): Object<InviteWire> =
+                serde_json::from_str(raw).map_err(|e| bad(short(&e)))?;
             Body::Invite(Invite {
-                caller_uri: w.caller.uri,
-                callee_uri: w.callee.uri,
+                caller_uri: w.caller.0.uri,
+                callee_uri: w.callee.0.uri,
                 raw,
             })
         }
@@ -301,7 +487,8 @@ pub fn decode(text: &str) -> Result<Inbound<'_>, FrameError> {
         }
         Keyword::Offer | Keyword::Answer => {
             let raw = content.ok_or_else(missing)?;
-            let w: DescriptionWire = serde_json::from_str(raw).map_err(|e| bad(short(&e)))?;
+            let Object(w): Object<DescriptionWire> =
+                serde_json::from_str(raw).map_err(|e| bad(short(&e)))?;
             let ok = match keyword {
                 Keyword::Offer => w.kind == "offer",
                 _ => w.kind == "answer" || w.kind == "pranswer",
@@ -318,13 +505,15 @@ pub fn decode(text: &str) -> Result<Inbound<'_>, FrameError> {
             // null is end-of-candidates, relayed as such.
             None => Body::Raw("null"),
             Some(raw) => {
-                let _: CandidateWire = serde_json::from_str(raw).map_err(|e| bad(short(&e)))?;
+                let _: Object<CandidateWire> =
+                    serde_json::from_str(raw).map_err(|e| bad(short(&e)))?;
                 Body::Raw(raw)
             }
         },
         Keyword::Bye => {
             let raw = content.ok_or_else(missing)?;
-            let w: ByeWire = serde_json::from_str(raw).map_err(|e| bad(short(&e)))?;
+            let Object(w): Object<ByeWire> =
+                serde_json::from_str(raw).map_err(|e| bad(short(&e)))?;
             if !(100..=699).contains(&w.code) {
                 return Err(bad("code must be 100-699".into()));
             }
@@ -360,7 +549,9 @@ pub fn encode(keyword: Keyword, content: Option<&str>, call: &CallId) -> Utf8Byt
     let content = content.unwrap_or("null");
     let kw = keyword.as_str();
     let id = call.as_str();
-    let mut s = String::with_capacity(kw.len() + content.len() + id.len() + 20);
+    // Exactly the frame's length: a `String` whose length is its capacity
+    // becomes `Bytes` without a second allocation for a shared header.
+    let mut s = String::with_capacity(kw.len() + content.len() + id.len() + 17);
     s.push_str("[\"");
     s.push_str(kw);
     s.push_str("\",");
@@ -369,6 +560,7 @@ pub fn encode(keyword: Keyword, content: Option<&str>, call: &CallId) -> Utf8Byt
     s.push_str(",{\"call\":\"");
     s.push_str(id);
     s.push_str("\"}]");
+    debug_assert_eq!(s.len(), s.capacity());
     Utf8Bytes::from(s)
 }
 
@@ -434,6 +626,68 @@ mod tests {
         assert_eq!(v[2]["call"], "abcdefgh");
     }
 
+    /// The one-pass reading accepts only what the two-pass one accepts,
+    /// with the same result, whitespace and all.
+    #[test]
+    fn one_pass_agrees_with_the_checked_decoding() {
+        let sdp = r#"{"type":"offer","sdp":"v=0\r\na=x:\"y\"\r\n\u00e9"}"#;
+        let good = [
+            r#"["invite",{"caller":{"uri":"alice@a.test","name":"A"},"callee":{"uri":"Bob@B.test"},"x":[1]},{"call":"abcdefgh"}]"#.to_string(),
+            r#"  [ "invite" , {"caller":{"uri":"a\u0040a.test"},"callee":{"uri":"b@b.test"}} ]  "#.to_string(),
+            format!(r#"["offer",{sdp},{{"call":"abcdefgh"}}]"#),
+            format!("[\"offer\"\n,\t{sdp}\r\n, {{\"call\":\"abcdefgh\",\"x\":null}} ]"),
+            format!(r#"["offer",{sdp}]"#),
+            format!(r#"["offer",{sdp},null]"#),
+            r#"["answer",{"sdp":"v=0","type":"pranswer"},{"call":"abcdefgh"}]"#.to_string(),
+            r#"["icecandidate",{"candidate":"candidate:1 1 udp 1 1.2.3.4 5 typ host","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":null},{"call":"abcdefgh"}]"#.to_string(),
+            r#"["icecandidate",null,{"call":"abcdefgh"}]"#.to_string(),
+            r#"["icecandidate"]"#.to_string(),
+            r#"["ringing"]"#.to_string(),
+            r#"["ringing",null,null]"#.to_string(),
+            r#"["ringing",{"a":1},{}]"#.to_string(),
+            r#"["bye",{"code":101,"description":"Transferred"},{"call":"abcdefgh"}]"#.to_string(),
+            r#"["bye",{"code":486}]"#.to_string(),
+        ];
+        for text in &good {
+            let fast = decode_fast(text).unwrap_or_else(|| panic!("one pass refused {text}"));
+            let checked = decode_checked(text).unwrap();
+            assert_eq!(fast.keyword, checked.keyword, "{text}");
+            assert_eq!(fast.call, checked.call, "{text}");
+            assert_eq!(fast.body.raw(), checked.body.raw(), "{text}");
+            assert_eq!(fast.body.bye_code(), checked.body.bye_code(), "{text}");
+            if let (Body::Invite(a), Body::Invite(b)) = (&fast.body, &checked.body) {
+                assert_eq!(
+                    (&a.caller_uri, &a.callee_uri),
+                    (&b.caller_uri, &b.callee_uri)
+                );
+            }
+        }
+        let bad = [
+            "not json",
+            "[]",
+            "{}",
+            r#"["hello"]"#,
+            r#"["offer"]"#,
+            r#"["offer",{"type":"answer","sdp":""}]"#,
+            r#"["offer",{"type":"offer","sdp":5}]"#,
+            r#"["offer",["offer","v=0"]]"#,
+            r#"["answer",{"type":"answer"}]"#,
+            r#"["bye",{"code":99}]"#,
+            r#"["bye",null]"#,
+            r#"["invite",null]"#,
+            r#"["ringing",5]"#,
+            r#"["ringing",null,[]]"#,
+            r#"["ringing",null,{"call":"short"}]"#,
+            r#"["ringing",null,{},4]"#,
+            r#"["icecandidate",{"sdpMLineIndex":"x"}]"#,
+            r#"["offer",{"type":"offer","sdp":"v=0"},{"call":"abcdefgh"}"#,
+        ];
+        for text in bad {
+            assert!(decode_fast(text).is_none(), "one pass accepted {text}");
+            assert!(decode(text).is_err(), "{text}");
+        }
+    }
+
     #[test]
     fn refusals() {
         assert_eq!(err("not json"), FrameError::NotJson);
@@ -462,6 +716,22 @@ mod tests {
             err(r#"["offer","sdp"]"#),
             FrameError::Content { .. }
         ));
+        // String fields are checked for their type without being decoded.
+        for bad in [
+            r#"["offer",{"type":"offer","sdp":5}]"#,
+            r#"["offer",{"type":"offer","sdp":{"a":"b"}}]"#,
+            r#"["icecandidate",{"candidate":["x"]}]"#,
+            r#"["bye",{"code":200,"description":true}]"#,
+            r#"["invite",{"caller":{"uri":"a@a.test","name":null},"callee":{"uri":"b@b.test","name":7}}]"#,
+        ] {
+            match err(bad) {
+                FrameError::Content { reason, .. } => {
+                    assert!(reason.contains("expected a string"), "{bad}: {reason}")
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(decode(r#"["offer",{"type":"offer","sdp":"v=0\r\n\u00e9\"x\""}]"#).is_ok());
         assert!(matches!(
             err(r#"["icecandidate",{"sdpMLineIndex":"x"}]"#),
             FrameError::Content { .. }

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -29,8 +30,19 @@ use crate::limits::TokenBucket;
 use crate::metrics::{Metrics, Refusal};
 use crate::router::{Out, Peer, Router, close_outbox};
 
+/// The read buffer every socket holds: candidates and most frames fit, a
+/// larger SDP grows it for the frame (tungstenite reserves the frame's
+/// length once its header is read). It is allocated with the socket and
+/// zero-filled before each read, so it is both the largest part of an idle
+/// socket's memory and a per-read cost.
+const READ_BUFFER: usize = 2048;
 /// How many queued messages are written before one flush.
 const WRITE_BATCH: usize = 64;
+/// Frames are staged in the socket's write buffer until it holds this
+/// much, or the batch ends: a batch goes out in one write, not one per
+/// frame. The buffer is allocated on the first write, so an idle socket
+/// does not pay for it.
+const WRITE_BUFFER: usize = 16 * 1024;
 /// How long a socket may take to write what was queued for it when the
 /// server shuts down.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
@@ -90,12 +102,14 @@ impl PumpConfig {
 }
 
 /// Buffers sized for signalling. tungstenite's default read buffer is
-/// 128 KiB per socket; 4 KiB grows on demand up to the frame limit for the
-/// rare large SDP, and writes go out without a staging buffer.
+/// 128 KiB per socket; [`READ_BUFFER`] grows on demand up to the frame
+/// limit for a large SDP. Writes are staged up to [`WRITE_BUFFER`] so that
+/// a batch of frames leaves in one system call (one TLS record) at its
+/// flush. See docs/performance.md.
 pub fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(max_frame_bytes.saturating_mul(4).max(1 << 20))
         .max_message_size(Some(max_frame_bytes))
         .max_frame_size(Some(max_frame_bytes))
@@ -159,40 +173,45 @@ fn leave(
 }
 
 /// Runs one authenticated, registered socket to its end.
-pub async fn run<S>(
+///
+/// An async block rather than an `async fn`: an async fn stores its
+/// by-value arguments twice in its state (as captured, and as the locals
+/// they are moved into), and this state is what every idle connection's
+/// task holds.
+pub fn run<S>(
     mut ws: WebSocketStream<S>,
     reg: Registered,
     router: Arc<Router>,
     limits: Limits,
     shutdown: CancellationToken,
-) where
+) -> impl Future<Output = ()>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let span = info_span!("session", id = reg.me.id, user = %reg.user);
+    let Registered {
+        user,
+        me,
+        mut rx,
+        kill,
+    } = reg;
+    let cfg = PumpConfig::from_limits(&limits);
+    let mut s = Session {
+        user,
+        me,
+        router,
+        bucket: TokenBucket::new(limits.frames_per_second, limits.frame_burst, Instant::now()),
+        limits,
+        calls: SmallVec::new(),
+    };
     async move {
-        let Registered {
-            user,
-            me,
-            mut rx,
-            kill,
-        } = reg;
         info!("connected");
-        let cfg = PumpConfig::from_limits(&limits);
-        let mut s = Session {
-            user,
-            me,
-            router,
-            bucket: TokenBucket::new(limits.frames_per_second, limits.frame_burst, Instant::now()),
-            limits,
-            calls: SmallVec::new(),
-        };
         let close = pump(&mut ws, &mut rx, &kill, &shutdown, &cfg, &mut s).await;
         let calls = std::mem::take(&mut s.calls).into_vec();
         leave(&s.router, &s.user, &s.me, &mut rx, calls);
         close_socket(&mut ws, close).await;
     }
     .instrument(span)
-    .await
 }
 
 /// Drives one socket: reads frames into `h`, writes the outbox in batches,
@@ -215,15 +234,22 @@ where
     let mut pinged = false;
     let keepalive = sleep_until(last_heard + cfg.ping_after);
     tokio::pin!(keepalive);
-    let mut batch: Vec<Out> = Vec::with_capacity(WRITE_BATCH);
+    // Grows on the first frame: an idle socket holds no batch buffer.
+    let mut batch: Vec<Out> = Vec::new();
+    // Registered once: a fresh `cancelled()` in every turn of the loop
+    // would take each token's locks to register and unregister its waker
+    // for every frame (the shutdown token is shared by every socket).
+    let killed = kill.cancelled();
+    let stopping = shutdown.cancelled();
+    tokio::pin!(killed, stopping);
 
     loop {
         tokio::select! {
             biased;
-            _ = kill.cancelled() => {
+            _ = &mut killed => {
                 return Some(Close::new(1008, "reading too slowly: outbox full"));
             }
-            _ = shutdown.cancelled() => {
+            _ = &mut stopping => {
                 // What was queued before the shutdown (the calls' byes 503)
                 // goes out first, within a bound.
                 let flush = async {
@@ -235,17 +261,22 @@ where
                     }
                     write_batch(ws, &mut batch, h).await
                 };
-                let _ = tokio::time::timeout(SHUTDOWN_FLUSH, flush).await;
+                // Boxed: it runs once, at shutdown, and unboxed it would
+                // make every socket's task larger for good.
+                let _ = Box::pin(tokio::time::timeout(SHUTDOWN_FLUSH, flush)).await;
                 return Some(Close::new(1001, "server shutting down"));
             }
             n = rx.recv_many(&mut batch, WRITE_BATCH) => {
                 if n == 0 {
                     return None;
                 }
+                // The batch first: it usually completes at once, and the
+                // tokens are only polled while the socket cannot take it.
                 let res = tokio::select! {
+                    biased;
                     r = write_batch(ws, &mut batch, h) => r,
-                    _ = kill.cancelled() => Err(WsError::ConnectionClosed),
-                    _ = shutdown.cancelled() => Err(WsError::ConnectionClosed),
+                    _ = &mut killed => Err(WsError::ConnectionClosed),
+                    _ = &mut stopping => Err(WsError::ConnectionClosed),
                 };
                 if res.is_err() {
                     return None;
@@ -271,10 +302,15 @@ where
                     Some(Ok(Message::Text(text))) => {
                         if let Err(c) = h.on_text(text.as_str()) {
                             let r = match c.code {
-                                1007 => Refusal::BadJson,
-                                _ => Refusal::BadFrame,
+                                1007 => Some(Refusal::BadJson),
+                                // A flood: counted where it is caught, in
+                                // wspd_limits_hit_total.
+                                1008 => None,
+                                _ => Some(Refusal::BadFrame),
                             };
-                            h.metrics().refused(r);
+                            if let Some(r) = r {
+                                h.metrics().refused(r);
+                            }
                             return Some(c);
                         }
                     }
@@ -297,6 +333,12 @@ where
                     Some(Err(WsError::Utf8(_))) => {
                         h.metrics().refused(Refusal::BadJson);
                         return Some(Close::new(1007, "text message is not UTF-8"));
+                    }
+                    Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+                        // The connection ended without a close frame (a
+                        // tab killed, a network lost): nothing to answer.
+                        debug!("connection ended without a close frame");
+                        return None;
                     }
                     Some(Err(WsError::Protocol(e))) => {
                         h.metrics().refused(Refusal::BadFrame);

@@ -212,7 +212,14 @@ async fn a_reader_too_slow_is_disconnected() {
     .await;
     let mut alice = s.connect_online("alice@localhost").await;
     let mut bob = s.connect_online("bob@localhost").await;
-    answered_call(&mut alice, &mut bob, "alice@localhost", "bob@localhost", "slow-read-1").await;
+    answered_call(
+        &mut alice,
+        &mut bob,
+        "alice@localhost",
+        "bob@localhost",
+        "slow-read-1",
+    )
+    .await;
     // Bob stops reading. Alice sends big candidates until the kernel's
     // buffers and then bob's outbox are full.
     let big = "x".repeat(60_000);
@@ -225,7 +232,11 @@ async fn a_reader_too_slow_is_disconnected() {
         sent += 1;
         // Alice hears of bob only once he is gone.
         if let Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) =
-            tokio::time::timeout(std::time::Duration::ZERO, futures_util::StreamExt::next(&mut alice.ws)).await
+            tokio::time::timeout(
+                std::time::Duration::ZERO,
+                futures_util::StreamExt::next(&mut alice.ws),
+            )
+            .await
         {
             break serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap();
         }
@@ -234,6 +245,9 @@ async fn a_reader_too_slow_is_disconnected() {
     assert_eq!(gone[1]["code"], 410, "{gone}");
     drop(bob);
     let m = s.metrics().await;
-    assert_eq!(metric_value(&m, "wspd_refusals_total{reason=\"slow_reader\"}"), 1.0);
+    assert_eq!(
+        metric_value(&m, "wspd_refusals_total{reason=\"slow_reader\"}"),
+        1.0
+    );
     assert_eq!(metric_value(&m, "wspd_calls_active"), 0.0);
 }

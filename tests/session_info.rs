@@ -140,21 +140,33 @@ async fn login_returns_ice_servers_with_the_token() {
 #[tokio::test]
 async fn cross_origin_pages_may_use_the_library_and_the_endpoints() {
     let s = TestServer::localhost().await;
-    let cors = |h: &[(String, String)]| h.iter().any(|(k, v)| k == "access-control-allow-origin" && v == "*");
+    let cors = |h: &[(String, String)]| {
+        h.iter()
+            .any(|(k, v)| k == "access-control-allow-origin" && v == "*")
+    };
     let (status, h, _) = http(s.addr(), "GET", "/wsp.js", &[], "").await;
     assert_eq!(status, 200);
-    assert!(cors(&h), "a module import from another origin needs CORS: {h:?}");
+    assert!(
+        cors(&h),
+        "a module import from another origin needs CORS: {h:?}"
+    );
     let (status, h, _) = http(
         s.addr(),
         "OPTIONS",
         "/token",
-        &[("Origin", "https://app.example"), ("Access-Control-Request-Method", "POST")],
+        &[
+            ("Origin", "https://app.example"),
+            ("Access-Control-Request-Method", "POST"),
+        ],
         "",
     )
     .await;
     assert_eq!(status, 204);
     assert!(cors(&h));
-    assert!(h.iter().any(|(k, v)| k == "access-control-allow-headers" && v.contains("content-type")));
+    assert!(
+        h.iter()
+            .any(|(k, v)| k == "access-control-allow-headers" && v.contains("content-type"))
+    );
     let (status, h, _) = http(s.addr(), "POST", "/token", &[], "{}").await;
     assert_eq!(status, 404, "no users file here");
     assert!(cors(&h));

@@ -18,7 +18,11 @@ fn npm(args: &[&str]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "npm {} failed:\n{text}", args.join(" "));
+    assert!(
+        out.status.success(),
+        "npm {} failed:\n{text}",
+        args.join(" ")
+    );
     println!("{text}");
 }
 

@@ -635,3 +635,245 @@ impl Net {
         self.dns.add_a(target, std::net::Ipv4Addr::LOCALHOST, 60);
     }
 }
+
+// ---- Faults and soak (tests/faults.rs, tests/soak.rs) ----
+
+impl Net {
+    /// Like [`Net::config`], with the DNS server `resolver` and the
+    /// `lookup_timeout` given instead of this net's and 2 s.
+    pub fn config_dns(
+        &self,
+        domain: &str,
+        cert: &str,
+        resolver: SocketAddr,
+        lookup_timeout: &str,
+        extra: &str,
+    ) -> Config {
+        config_in(
+            domain,
+            &format!(
+                "[tls]\ncert = \"certs/{cert}.pem\"\nkey = \"certs/{cert}-key.pem\"\n\
+                 [federation]\nkey = \"{}\"\nresolver = \"{resolver}\"\nca = \"certs/ca.pem\"\n\
+                 lookup_timeout = \"{lookup_timeout}\"\nconnect_timeout = \"2s\"\n{extra}",
+                self.key_path(domain).display(),
+            ),
+            Path::new("."),
+        )
+    }
+}
+
+/// Tries a WSP upgrade (subprotocol `wsp-1.0`, bearer token) on a plain
+/// `ws://` URL: the client, or the HTTP status and body of the refusal
+/// (status 0 and the error's text when no HTTP answer came at all).
+pub async fn try_connect(url: &str, token: &str) -> Result<Client, (u16, String)> {
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("wsp-1.0"),
+    );
+    req.headers_mut().insert(
+        "Authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    match tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async_with_config(req, None, true),
+    )
+    .await
+    .expect("an answer to the upgrade in time")
+    {
+        Ok((ws, _)) => Ok(Client { ws }),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err((
+            resp.status().as_u16(),
+            String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
+        )),
+        Err(e) => Err((0, e.to_string())),
+    }
+}
+
+/// Log lines written by the servers of this test, captured in memory.
+#[derive(Clone, Default)]
+pub struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    /// Captures, until the guard is dropped, every event (down to `debug`
+    /// for wspd) emitted on this thread: with `#[tokio::test]`'s
+    /// single-threaded runtime, everything the in-process servers log.
+    pub fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let w = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info,wspd=debug"))
+            .with_ansi(false)
+            .with_writer(move || w.clone())
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+
+    /// The lines that contain every one of `words`.
+    pub fn lines_with(&self, words: &[&str]) -> Vec<String> {
+        self.text()
+            .lines()
+            .filter(|l| words.iter().all(|w| l.contains(w)))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The real `wspd` binary running as a child process, its stderr read
+/// all along (a full pipe would block the server) and kept.
+pub struct Wspd {
+    pub child: tokio::process::Child,
+    /// The address it listens on, read from its "listening on" line.
+    pub addr: SocketAddr,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Wspd {
+    /// Starts `wspd --config <config>` with `RUST_LOG` set to `log` and
+    /// waits (bounded) for its "listening on" line.
+    pub async fn start(config: &Path, log: &str) -> Wspd {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wspd"))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", log)
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let kept = stderr.clone();
+        tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.split_once("listening on ").map(|(_, r)| r)
+                    && let Some(tx) = ready.take()
+                {
+                    let addr = rest
+                        .split_once("://")
+                        .and_then(|(_, r)| r.split_once('/'))
+                        .map(|(a, _)| a.to_string());
+                    let _ = tx.send(addr);
+                }
+                kept.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+        let addr = tokio::time::timeout(WAIT, ready_rx)
+            .await
+            .expect("wspd says it is listening in time");
+        let lines = stderr.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
+        let addr = addr
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("wspd ended before listening:\n{lines}"));
+        Wspd {
+            child,
+            addr: addr.parse().unwrap(),
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("wspd still running")
+    }
+
+    /// What it wrote to stderr so far, one entry a line.
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A field of `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`...).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/{}/status", self.pid()))
+    }
+
+    /// Resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS")
+    }
+
+    /// Open file descriptors (sockets included).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    /// Sends it SIGTERM.
+    pub fn terminate(&self) {
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM");
+    }
+
+    /// Waits (bounded by [`WAIT`]) for it to exit.
+    pub async fn wait(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("wspd exits in time")
+            .unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        http(self.addr, "GET", "/metrics", &[], "").await.2
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/wsp", self.addr)
+    }
+}
+
+/// A config file for the binary: domain `localhost`, [`SECRET`], the
+/// listen address given, then `extra`. Returns its path.
+pub fn config_file(dir: &Path, name: &str, listen: &str, extra: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "domain = \"localhost\"\nlisten = \"{listen}\"\n[auth]\nsecret = \"{SECRET}\"\n{extra}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A token for a user of `localhost` signed with [`SECRET`] (as a server
+/// started by [`config_file`] checks it), valid for an hour.
+pub fn localhost_token(user: &str) -> String {
+    wspd::auth::Tokens::new("localhost", SECRET)
+        .mint(&Address::parse(user).unwrap(), Duration::from_secs(3600))
+        .0
+}

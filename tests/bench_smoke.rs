@@ -1,0 +1,82 @@
+//! `wsp-bench --quick` as a smoke test: the bench starts its own servers
+//! (one domain, and two federated domains over TLS), places calls, checks
+//! that every frame arrived exactly once and in order, and writes its JSON.
+//! A test of correctness, never of speed: no figure is compared to a goal.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn number(v: &Value, path: &str) -> f64 {
+    v.pointer(path)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("{path} is missing or not a number in {v:#}"))
+}
+
+#[test]
+fn quick_bench_runs_clean() {
+    let json = std::env::temp_dir().join(format!("wsp-bench-smoke-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_wsp-bench"))
+        .arg("--quick")
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("wsp-bench starts");
+    assert!(
+        out.status.success(),
+        "wsp-bench --quick failed\n--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&json).expect("the JSON report");
+    let _ = std::fs::remove_file(&json);
+    let v: Value = serde_json::from_str(&text).expect("the report is JSON");
+
+    assert_eq!(v["quick"], true);
+    assert_eq!(v["check"]["ok"], true);
+    for key in ["lost", "duplicated", "reordered"] {
+        assert_eq!(v["check"][key], 0, "{key}");
+    }
+    assert!(number(&v, "/check/frames_verified") > 0.0);
+    assert_eq!(number(&v, "/call/frames"), 22.0);
+
+    for mode in ["local", "federated"] {
+        let m = format!("/modes/{mode}");
+        for phase in ["saturation", "half"] {
+            let p = format!("{m}/{phase}");
+            assert!(number(&v, &format!("{p}/calls")) >= 1.0, "{p}: no call");
+            for field in [
+                "calls_per_s",
+                "frames_per_s",
+                "server_cpu_us_per_call",
+                "relays_per_server_cpu_s",
+                "client_cpu_us_per_call",
+                "hop_latency_us/p50",
+                "hop_latency_us/p99",
+                "hop_latency_us/max",
+                "setup_latency_us/p50",
+                "setup_latency_us/p99",
+                "setup_latency_us/max",
+            ] {
+                number(&v, &format!("{p}/{field}"));
+            }
+        }
+        let scaling = v
+            .pointer(&format!("{m}/scaling"))
+            .and_then(Value::as_array)
+            .expect("scaling rows");
+        assert!(scaling.len() >= 2, "{mode}: scaling rows");
+        assert!(
+            scaling
+                .iter()
+                .any(|r| r["idle_connections"].as_u64() > Some(0)),
+            "{mode}: a row with idle connections"
+        );
+        assert!(number(&v, &format!("{m}/idle_memory/connections")) > 0.0);
+        number(&v, &format!("{m}/idle_memory/kib_per_connection"));
+        assert!(number(&v, &format!("{m}/frames_verified")) > 0.0);
+    }
+    assert_eq!(v["modes"]["local"]["transport"], "ws");
+    assert_eq!(v["modes"]["federated"]["transport"], "wss");
+    assert!(v["goals"].as_array().is_some_and(|g| g.len() == 5));
+}
