@@ -289,24 +289,18 @@ impl Client {
 
     /// The next frame, parsed. Fails on close, timeout or non-text.
     pub async fn recv(&mut self) -> Value {
-        loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("a frame in time")
-                .expect("socket open")
-                .expect("no socket error");
-            match msg {
-                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("expected a text frame, got {other:?}"),
-            }
-        }
+        serde_json::from_str(&self.recv_text().await).unwrap()
     }
 
     /// The next frame as its exact text.
     pub async fn recv_text(&mut self) -> String {
+        self.text_until(tokio::time::Instant::now() + WAIT).await
+    }
+
+    /// The next text frame before `deadline`, skipping pings and pongs.
+    async fn text_until(&mut self, deadline: tokio::time::Instant) -> String {
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("a frame in time")
                 .expect("socket open")
@@ -436,19 +430,8 @@ impl Client {
     /// Like [`Client::recv`], but waits up to `wait`: for server timers
     /// longer than [`WAIT`] (under paused time this costs nothing).
     pub async fn recv_within(&mut self, wait: Duration) -> Value {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .expect("a frame in time")
-                .expect("socket open")
-                .expect("no socket error");
-            match msg {
-                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("expected a text frame, got {other:?}"),
-            }
-        }
+        let text = self.text_until(tokio::time::Instant::now() + wait).await;
+        serde_json::from_str(&text).unwrap()
     }
 
     /// Every frame queued for this socket, proved complete like
