@@ -19,6 +19,7 @@ pub mod config;
 pub mod federation;
 pub mod frame;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod router;
 pub mod server;

@@ -116,7 +116,9 @@ struct CallState {
     /// Every peer that is or was a party, to find handles by id.
     peers: SmallVec<[Peer; 3]>,
     timer: Option<AbortHandle>,
+    /// The parent of the call's events. Never entered: the events name it.
     span: tracing::Span,
+    started: Instant,
     /// The other domain, for a call that crosses a link.
     remote: Option<String>,
     /// Its end has been counted and it left the map.
@@ -270,6 +272,7 @@ impl Router {
             peers,
             timer: None,
             span,
+            started: now,
             remote: remote.map(str::to_string),
             finished: false,
             ringing_for,
@@ -294,10 +297,7 @@ impl Router {
             }
         }
         self.metrics.calls_active.inc();
-        {
-            let _g = state.span.enter();
-            info!(devices = ids.len(), "call started");
-        }
+        debug!(parent: &state.span, devices = ids.len(), "call started");
         for p in state.peers.iter().filter(|p| p.id != from.id) {
             p.deliver(Out::Attach(id.clone()), &self.metrics);
         }
@@ -376,12 +376,6 @@ impl Router {
         outputs: crate::call::Outputs<'_>,
         sender: Option<&Peer>,
     ) {
-        // The call's span is entered for the events below. It is moved out
-        // and back rather than cloned: a clone and its drop are two more
-        // trips through the subscriber for every frame. (A nested `apply`
-        // finds `Span::none()` there and runs inside this one's.)
-        let span = std::mem::replace(&mut state.span, tracing::Span::none());
-        let entered = span.enter();
         let mut gone: SmallVec<[PeerId; 2]> = SmallVec::new();
         for o in outputs {
             let (to, out) = match o {
@@ -395,7 +389,7 @@ impl Router {
                     code,
                     description,
                 } => {
-                    debug!(to, code, description, "server bye");
+                    debug!(parent: &state.span, to, code, description, "server bye");
                     (
                         to,
                         Out::Frame(frame::encode_bye(code, description, Some(id))),
@@ -439,10 +433,13 @@ impl Router {
             if let Some(remote) = &state.remote {
                 self.metrics.remote_call_ended(remote, outcome);
             }
-            info!(outcome = outcome.as_str(), "call ended");
+            info!(
+                parent: &state.span,
+                outcome = outcome.as_str(),
+                seconds = format_args!("{:.3}", state.started.elapsed().as_secs_f64()),
+                "call ended"
+            );
         }
-        drop(entered);
-        state.span = span;
     }
 
     fn spawn_ring_timer(

@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info, warn};
 
 use crate::App;
 use crate::address::Address;
@@ -452,33 +452,27 @@ async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, conn: Conn) -> Respo
     };
 
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let span = info_span!("upgrade", %remote, user = %user);
     // Reachable from now on: a call may arrive before the socket runs.
-    let reg = session::Registered::new(&app.router, user, &app.config.limits);
+    let reg = session::Registered::new(&app.router, user, remote, &app.config.limits);
     let held = ctx.clone();
-    tasks.spawn(
-        async move {
-            // The socket counts as its connection until it ends.
-            let _held = held;
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(session::ws_config(app.config.limits.max_frame_bytes)),
-                    )
-                    .await;
-                    let limits = app.config.limits.clone();
-                    session::run(ws, reg, app.router.clone(), limits, shutdown).await;
-                }
-                Err(e) => {
-                    debug!(error = %e, "upgrade failed");
-                    reg.abandon(&app.router);
-                }
+    // Not instrumented: the session's events name its span themselves.
+    tasks.spawn(async move {
+        // The socket counts as its connection until it ends.
+        let _held = held;
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(session::ws_config(app.config.limits.max_frame_bytes)),
+                )
+                .await;
+                let limits = app.config.limits.clone();
+                session::run(ws, reg, app.router.clone(), limits, shutdown).await;
             }
+            Err(e) => reg.abandon(&app.router, &e),
         }
-        .instrument(span),
-    );
+    });
 
     switching_protocols(&accept, offered)
 }

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{Span, debug, info, info_span};
 
 use crate::address::{Address, CallId};
 use crate::call::Outcome;
@@ -81,6 +81,11 @@ pub trait Handler {
         None
     }
     fn metrics(&self) -> &Metrics;
+    /// The socket's span: the parent of what is logged about it. Events
+    /// name it as their parent rather than the task entering it: a task
+    /// entered for every poll would pay two trips through the subscriber
+    /// per frame.
+    fn span(&self) -> &Span;
 }
 
 /// The socket timings and sizes [`pump`] keeps.
@@ -122,6 +127,7 @@ struct Session {
     limits: Limits,
     /// The calls this socket is a party of, oldest first.
     calls: SmallVec<[CallId; 2]>,
+    span: Span,
     /// `limits.frames_per_second` with bursts of `limits.frame_burst`.
     bucket: TokenBucket,
 }
@@ -134,23 +140,36 @@ pub struct Registered {
     me: Peer,
     rx: mpsc::Receiver<Out>,
     kill: CancellationToken,
+    span: Span,
 }
 
 impl Registered {
-    pub fn new(router: &Router, user: Address, limits: &Limits) -> Registered {
+    pub fn new(
+        router: &Router,
+        user: Address,
+        remote: std::net::SocketAddr,
+        limits: &Limits,
+    ) -> Registered {
         let (tx, rx) = mpsc::channel(limits.outbox_frames);
         let kill = CancellationToken::new();
         let me = Peer::new(router.next_peer_id(), tx, kill.clone());
+        let span = info_span!(parent: None, "session", id = me.id, user = %user, %remote);
         router.register(&user, me.clone());
         router.metrics().sessions.inc();
-        Registered { user, me, rx, kill }
+        Registered {
+            user,
+            me,
+            rx,
+            kill,
+            span,
+        }
     }
 
     /// The upgrade did not happen: leave, ending any call that already
     /// reached this socket.
-    pub fn abandon(mut self, router: &Router) {
+    pub fn abandon(mut self, router: &Router, error: &hyper::Error) {
         let calls = leave(router, &self.user, &self.me, &mut self.rx, Vec::new());
-        debug!(calls = calls, "upgrade abandoned");
+        debug!(parent: &self.span, calls, %error, "upgrade failed");
     }
 }
 
@@ -188,12 +207,12 @@ pub fn run<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let span = info_span!("session", id = reg.me.id, user = %reg.user);
     let Registered {
         user,
         me,
         mut rx,
         kill,
+        span,
     } = reg;
     let cfg = PumpConfig::from_limits(&limits);
     let mut s = Session {
@@ -203,15 +222,15 @@ where
         bucket: TokenBucket::new(limits.frames_per_second, limits.frame_burst, Instant::now()),
         limits,
         calls: SmallVec::new(),
+        span,
     };
     async move {
-        info!("connected");
+        info!(parent: &s.span, "connected");
         let close = pump(&mut ws, &mut rx, &kill, &shutdown, &cfg, &mut s).await;
         let calls = std::mem::take(&mut s.calls).into_vec();
         leave(&s.router, &s.user, &s.me, &mut rx, calls);
-        close_socket(&mut ws, close).await;
+        close_socket(&mut ws, close, &s.span).await;
     }
-    .instrument(span)
 }
 
 /// Drives one socket: reads frames into `h`, writes the outbox in batches,
@@ -337,7 +356,7 @@ where
                     Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
                         // The connection ended without a close frame (a
                         // tab killed, a network lost): nothing to answer.
-                        debug!("connection ended without a close frame");
+                        debug!(parent: h.span(), "connection ended without a close frame");
                         return None;
                     }
                     Some(Err(WsError::Protocol(e))) => {
@@ -345,7 +364,7 @@ where
                         return Some(Close::new(1002, format!("WebSocket protocol error: {e}")));
                     }
                     Some(Err(e)) => {
-                        debug!(error = %e, "socket error");
+                        debug!(parent: h.span(), error = %e, "socket error");
                         return None;
                     }
                 }
@@ -354,7 +373,7 @@ where
                 let now = Instant::now();
                 if pinged && now >= last_heard + cfg.dead_after {
                     h.metrics().refused(Refusal::Silent);
-                    info!("silent for too long: dropping");
+                    info!(parent: h.span(), "silent for too long: dropping");
                     return None;
                 }
                 if let Some(c) = h.on_tick(now) {
@@ -378,15 +397,15 @@ where
 
 /// Sends the close frame (when there is one) and gives the other side a
 /// moment to answer it.
-pub async fn close_socket<S>(ws: &mut WebSocketStream<S>, close: Option<Close>)
+pub async fn close_socket<S>(ws: &mut WebSocketStream<S>, close: Option<Close>, span: &Span)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let Some(Close { code, reason }) = close else {
-        info!("disconnected");
+        info!(parent: span, "disconnected");
         return;
     };
-    info!(code, reason = %reason, "closing");
+    info!(parent: span, code, reason = %reason, "closing");
     let frame = CloseFrame {
         code: CloseCode::from(code),
         reason: close_reason(reason).into(),
@@ -457,6 +476,10 @@ impl Handler for Session {
     fn metrics(&self) -> &Metrics {
         self.router.metrics()
     }
+
+    fn span(&self) -> &Span {
+        &self.span
+    }
 }
 
 impl Session {
@@ -518,7 +541,7 @@ impl Session {
         let metrics = self.router.metrics();
         if Address::parse(caller_uri).ok().as_ref() != Some(&self.user) {
             metrics.call_ended(Outcome::Forbidden);
-            info!(call = %id, "refused invite: caller is not this socket's user");
+            info!(parent: &self.span, call = %id, "refused invite: caller is not this socket's user");
             return self.router.bye(
                 &self.me,
                 403,
@@ -546,7 +569,7 @@ impl Session {
             Ok(()) => self.calls.push(id.clone()),
             Err(r) => {
                 metrics.call_ended(r.outcome);
-                debug!(call = %id, code = r.code, "invite refused");
+                debug!(parent: &self.span, call = %id, code = r.code, "invite refused");
                 self.router.bye(&self.me, r.code, r.description, Some(id));
             }
         }

@@ -664,6 +664,28 @@ mod codec {
         }
     }
 
+    /// The fast reading of a frame accepts only what the checked decoding
+    /// accepts, with the same keyword, call id, content text and code.
+    pub fn fast_agrees(text: &str) -> Result<(), TestCaseError> {
+        let Some(fast) = frame::decode_fast(text) else {
+            return Ok(());
+        };
+        let checked = frame::decode_checked(text).map_err(|e| {
+            TestCaseError::fail(format!(
+                "{text}: the fast reading accepted what the checked decoding refuses: {e}"
+            ))
+        })?;
+        prop_assert_eq!(fast.keyword, checked.keyword, "{}", text);
+        prop_assert_eq!(&fast.call, &checked.call, "{}", text);
+        prop_assert_eq!(fast.body.raw(), checked.body.raw(), "{}", text);
+        prop_assert_eq!(fast.body.bye_code(), checked.body.bye_code(), "{}", text);
+        if let (Body::Invite(a), Body::Invite(b)) = (&fast.body, &checked.body) {
+            prop_assert_eq!(&a.caller_uri, &b.caller_uri, "{}", text);
+            prop_assert_eq!(&a.callee_uri, &b.callee_uri, "{}", text);
+        }
+        Ok(())
+    }
+
     /// `encode` of a decoded frame is `[keyword, content, {"call": id}]`
     /// with the content text byte for byte, and decodes to the same frame.
     pub fn reencode(text: &str) -> Result<(), TestCaseError> {
@@ -695,6 +717,7 @@ mod codec {
 
     pub fn check_frame(f: &Frame) -> Result<(), TestCaseError> {
         let (text, content_text) = f.render();
+        fast_agrees(&text)?;
         let got = frame::decode(&text);
         match (f.expected(content_text.as_deref()), got) {
             (Ok(want), Ok(got)) => {
@@ -759,6 +782,7 @@ proptest! {
             "\\[\"(invite|ringing|offer|answer|icecandidate|bye)\",[\\[\\]{}\",:0-9a-z\\\\ ]{0,40}",
         ]
     ) {
+        codec::fast_agrees(&text)?;
         match wspd::frame::decode(&text) {
             Ok(_) => codec::reencode(&text)?,
             Err(e) => {

@@ -4,6 +4,8 @@
 //! again the way the router relays it and checked.
 //!
 //! What must hold (docs/protocol.md §3 and §6):
+//! - the fast reading (`decode_fast`) accepts only what the checked
+//!   decoding accepts, with the same result;
 //! - decode never panics; a refusal has a non-empty reason and a close code
 //!   of 1007 exactly when the text is not JSON at all, else 1002;
 //! - an accepted frame's content is a slice of the message text (kept byte
@@ -26,6 +28,20 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn check(text: &str) {
+    if let Some(fast) = frame::decode_fast(text) {
+        let checked = frame::decode_checked(text)
+            .unwrap_or_else(|e| panic!("fast reading accepted {text:?}, checked refuses: {e}"));
+        assert_eq!(fast.keyword, checked.keyword);
+        assert_eq!(fast.call, checked.call);
+        assert_eq!(fast.body.raw(), checked.body.raw());
+        assert_eq!(fast.body.bye_code(), checked.body.bye_code());
+        if let (Body::Invite(a), Body::Invite(b)) = (&fast.body, &checked.body) {
+            assert_eq!(
+                (&a.caller_uri, &a.callee_uri),
+                (&b.caller_uri, &b.callee_uri)
+            );
+        }
+    }
     let f = match frame::decode(text) {
         Ok(f) => f,
         Err(e) => {

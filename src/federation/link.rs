@@ -35,7 +35,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, Span, debug, info, info_span, warn};
 
 use crate::address::{Address, CallId};
 use crate::call::Outcome;
@@ -267,10 +267,9 @@ impl Links {
                 let span =
                     info_span!(parent: None, "link", dir = "out", peer = %domain, id = peer.id);
                 let p = peer.clone();
-                self.tasks.spawn(
-                    async move { links.run_outbound(router, domain, p, rx, kill).await }
-                        .instrument(span),
-                );
+                self.tasks.spawn(async move {
+                    links.run_outbound(router, domain, p, rx, kill, span).await
+                });
                 peer
             }
         };
@@ -284,16 +283,24 @@ impl Links {
         peer: Peer,
         mut rx: mpsc::Receiver<Out>,
         kill: CancellationToken,
+        span: Span,
     ) {
         let id = peer.id;
-        let connected = tokio::select! {
-            r = self.connect(&domain) => r,
-            _ = self.shutdown.cancelled() => Err(LinkFailure::new(
-                "shutdown", 503, "This server is shutting down", "shutdown")),
-        };
+        // Only the setup runs in the link's span: once up, the link's
+        // events name it (see session::Handler::span).
+        let connected = async {
+            tokio::select! {
+                r = self.connect(&domain) => r,
+                _ = self.shutdown.cancelled() => Err(LinkFailure::new(
+                    "shutdown", 503, "This server is shutting down", "shutdown")),
+            }
+        }
+        .instrument(span.clone())
+        .await;
         let mut ws = match connected {
             Ok(ws) => ws,
             Err(f) => {
+                let _in_span = span.enter();
                 warn!(
                     reason = f.reason,
                     code = f.refused.code,
@@ -314,7 +321,7 @@ impl Links {
         self.metrics.link_attempt("ok");
         self.backoff.remove(&domain);
         self.metrics.link_up("out", 1);
-        info!("link up");
+        info!(parent: &span, "link up");
         let mut h = LinkHandler {
             dir: Direction::Out,
             remote: domain.clone(),
@@ -326,6 +333,7 @@ impl Links {
             idle_after: self.fed.link_idle_timeout,
             invites: self.invite_bucket(),
             max_calls: self.fed.calls_per_link,
+            span,
         };
         let close = session::pump(
             &mut ws,
@@ -338,11 +346,19 @@ impl Links {
         .await;
         self.outbound.remove_if(&domain, |_, p| p.id == id);
         let calls = close_outbox(&mut rx, std::mem::take(&mut h.calls));
-        session::close_socket(&mut ws, close).await;
-        self.end_link(&router, id, calls, "out");
+        session::close_socket(&mut ws, close, &h.span).await;
+        self.end_link(&router, id, calls, "out", &h.span);
     }
 
-    fn end_link(&self, router: &Router, id: u64, calls: Vec<CallId>, dir: &'static str) {
+    fn end_link(
+        &self,
+        router: &Router,
+        id: u64,
+        calls: Vec<CallId>,
+        dir: &'static str,
+        span: &Span,
+    ) {
+        let _in_span = span.enter();
         if !calls.is_empty() {
             warn!(
                 calls = calls.len(),
@@ -710,9 +726,9 @@ impl Links {
         let peer = Peer::new(router.next_peer_id(), tx, kill.clone());
         let id = peer.id;
         let span = info_span!(parent: None, "link", dir = "in", peer = %origin, id);
-        async move {
-            self.metrics.link_up("in", 1);
-            info!("link accepted");
+        self.metrics.link_up("in", 1);
+        info!(parent: &span, "link accepted");
+        {
             let mut h = LinkHandler {
                 dir: Direction::In,
                 remote: origin,
@@ -724,6 +740,7 @@ impl Links {
                 idle_after: self.fed.link_idle_timeout,
                 invites: self.invite_bucket(),
                 max_calls: self.fed.calls_per_link,
+                span,
             };
             let close = session::pump(
                 &mut ws,
@@ -735,11 +752,9 @@ impl Links {
             )
             .await;
             let calls = close_outbox(&mut rx, std::mem::take(&mut h.calls));
-            session::close_socket(&mut ws, close).await;
-            self.end_link(&router, id, calls, "in");
+            session::close_socket(&mut ws, close, &h.span).await;
+            self.end_link(&router, id, calls, "in", &h.span);
         }
-        .instrument(span)
-        .await
     }
 }
 
@@ -824,6 +839,7 @@ struct LinkHandler {
     invites: TokenBucket,
     /// Inbound links: calls in flight from the origin, at most.
     max_calls: usize,
+    span: Span,
 }
 
 impl LinkHandler {
@@ -861,7 +877,7 @@ impl LinkHandler {
         };
         if caller.domain() != self.remote || callee.domain() != self.own {
             metrics.link_failure("misrouted");
-            warn!(call = %id, %caller, %callee, "refused invite: not from the link's origin to this domain");
+            warn!(parent: &self.span, call = %id, %caller, %callee, "refused invite: not from the link's origin to this domain");
             metrics.call_ended(Outcome::Forbidden);
             metrics.remote_call_ended(&self.remote, Outcome::Forbidden);
             return self.refuse(
@@ -922,5 +938,9 @@ impl Handler for LinkHandler {
 
     fn wake_at(&self) -> Option<Instant> {
         self.idle_since.map(|t| t + self.idle_after)
+    }
+
+    fn span(&self) -> &Span {
+        &self.span
     }
 }

@@ -21,14 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The child side: `wsp-bench serve --log LEVEL`. Never returns normally.
 pub fn serve(log: &str) -> anyhow::Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(log).with_context(|| format!("--log {log:?}"))?;
     // As `wspd` logs by default: text on stderr (the parent sends it to a file).
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .init();
+    wspd::logging::init(wspd::logging::LogFormat::Text, log).map_err(anyhow::Error::msg)?;
     // The same runtime as `wspd`: one worker thread per core.
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
