@@ -9,9 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
-use wspd::address::Address;
 use wspd::auth::{Tokens, UsersFile};
 use wspd::config::{Config, DEV_SECRET};
 
@@ -491,24 +490,6 @@ async fn a_port_in_use_stops_the_server() {
 // Running, and stopping on SIGTERM
 // ---------------------------------------------------------------------------
 
-/// Removes ANSI colour sequences from a log line.
-fn plain(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn the_server_runs_and_stops_cleanly_on_sigterm() {
     let dir = temp_dir("cli-run");
@@ -520,66 +501,30 @@ async fn the_server_runs_and_stops_cleanly_on_sigterm() {
     };
     let config = dir.join("config.toml");
     write(&config, &config_text(&addr.to_string(), "", ""));
-    let mut child = wspd(&dir, &["--config", config.to_str().unwrap()])
-        .spawn()
-        .expect("wspd starts");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-
     // Ready when it says where it listens.
-    let listening = tokio::time::timeout(RUN_LIMIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let line = plain(&line);
-            if line.contains("listening on") {
-                return line;
-            }
-        }
-        panic!("wspd ended without listening");
-    })
-    .await
-    .expect("wspd listens in time");
+    let mut w = Wspd::start(&config, "info").await;
+    let listening = format!("listening on ws://{addr}/wsp");
     assert!(
-        listening.contains(&format!("ws://{addr}/wsp")),
-        "{listening}"
+        w.stderr().iter().any(|l| l.contains(&listening)),
+        "{:#?}",
+        w.stderr()
     );
-    // Keep reading its log so it never blocks on a full pipe.
-    let rest = tokio::spawn(async move {
-        let mut log = Vec::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            log.push(plain(&line));
-        }
-        log
-    });
 
     let (status, _, body) = http(addr, "GET", "/healthz", &[], "").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
-    let token = Tokens::new("localhost", SECRET)
-        .mint(
-            &Address::parse("alice@localhost").unwrap(),
-            Duration::from_secs(60),
-        )
-        .0;
-    let mut alice = Client::connect(&format!("ws://{addr}/wsp"), &token).await;
+    let mut alice = Client::connect(&w.url(), &user_token("alice@localhost")).await;
     alice.expect_nothing().await;
 
-    let pid = child.id().expect("running").to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-
+    w.signal("TERM");
     // Open sockets are told why they close.
     let close = alice.expect_close().await;
     assert_eq!(close.code, 1001, "{close:?}");
     assert!(close.reason.contains("shutting down"), "{close:?}");
     drop(alice);
 
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("wspd exits within 10 s of SIGTERM")
-        .unwrap();
+    let status = w.wait().await;
     assert!(status.success(), "{status:?}");
-    let log = rest.await.unwrap();
+    let log = w.stderr();
     assert!(
         log.iter().any(|l| l.contains("signal received")),
         "{log:#?}"

@@ -445,7 +445,7 @@ async fn the_process_restarted_under_live_calls() {
     let first = config_file(&dir, "first.toml", "127.0.0.1:0", limits);
     let mut w = Wspd::start(&first, "info").await;
     let url = w.url();
-    let token = |u: &str| localhost_token(u);
+    let token = |u: &str| user_token(u);
     let mut alice = Client::connect(&url, &token("alice@localhost")).await;
     let mut bob = Client::connect(&url, &token("bob@localhost")).await;
     let mut carol = Client::connect(&url, &token("carol@localhost")).await;
@@ -483,7 +483,7 @@ async fn the_process_restarted_under_live_calls() {
     assert_eq!(metric_value(&m, "wspd_calls_active"), 2.0);
 
     let t = Instant::now();
-    w.terminate();
+    w.signal("TERM");
     for (c, call) in [
         (&mut alice, "restart-answered"),
         (&mut bob, "restart-answered"),

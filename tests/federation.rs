@@ -534,57 +534,12 @@ async fn an_idle_link_is_closed_and_the_next_call_opens_a_new_one() {
 /// as soon as the TCP connection reports the loss, not after keepalive.
 #[tokio::test]
 async fn peer_process_killed_mid_call() {
-    use tokio::io::AsyncBufReadExt;
     let net = Net::new("fed-kill").await;
     let a = net.server("a.test", "").await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let root = std::env::current_dir().unwrap();
-    let cfg = net.dir.join("b.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "domain = \"b.test\"\nlisten = \"127.0.0.1:{port}\"\n[auth]\nsecret = \"{SECRET}\"\n\
-             [tls]\ncert = \"{r}/certs/b.test.pem\"\nkey = \"{r}/certs/b.test-key.pem\"\n\
-             [federation]\nkey = \"b.key\"\nresolver = \"{}\"\nca = \"{r}/certs/ca.pem\"\n",
-            net.dns.addr,
-            r = root.display()
-        ),
-    )
-    .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wspd"))
-        .arg("--config")
-        .arg(&cfg)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    loop {
-        let line = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("wspd runs");
-        if line.contains("listening on") {
-            break;
-        }
-    }
-    let b_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    net.publish("b.test", "b.test", b_addr);
-    let b_token = {
-        let c = config_in("b.test", "", Path::new("."));
-        wspd::auth::Tokens::new(&c.domain, &c.auth.secret)
-            .mint(
-                &wspd::address::Address::parse("bob@b.test").unwrap(),
-                std::time::Duration::from_secs(60),
-            )
-            .0
-    };
+    let mut b = Wspd::start(&net.config_file("b.test", ""), "info").await;
+    net.publish("b.test", "b.test", b.addr);
     let mut alice = a.connect_online("alice@a.test").await;
-    let mut bob = Client::connect_tls(b_addr, "b.test", &b_token).await;
+    let mut bob = Client::connect_tls(b.addr, "b.test", &user_token("bob@b.test")).await;
     bob.expect_nothing().await;
     answered_call(
         &mut alice,
@@ -595,7 +550,7 @@ async fn peer_process_killed_mid_call() {
     )
     .await;
 
-    child.kill().await.unwrap();
+    b.child.kill().await.unwrap();
     let f = alice.expect_bye(410).await;
     assert_eq!(f[2]["call"], "killed-1");
     assert_eq!(a.metric("wspd_calls_active").await, 0.0);

@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use common::*;
 use rustls::pki_types::ServerName;
-use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpStream;
 
+/// Certificate `certs/<cert>.pem`, by absolute paths (for the binary too).
 fn tls_config(cert: &str) -> String {
-    format!("[tls]\ncert = \"certs/{cert}.pem\"\nkey = \"certs/{cert}-key.pem\"\n")
+    let d = env!("CARGO_MANIFEST_DIR");
+    format!("[tls]\ncert = \"{d}/certs/{cert}.pem\"\nkey = \"{d}/certs/{cert}-key.pem\"\n")
 }
 
 /// Whether a TLS handshake to `addr` succeeds with the certificate checked
@@ -95,75 +96,23 @@ async fn a_new_policy_applies_to_the_next_call() {
 #[tokio::test]
 async fn sighup_reloads_the_running_binary() {
     let dir = temp_dir("sighup");
-    let root = std::env::current_dir().unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let cfg = dir.join("wspd.toml");
-    let write = |cert: &str, extra: &str| {
-        std::fs::write(
-            &cfg,
-            format!(
-                "domain = \"localhost\"\nlisten = \"127.0.0.1:{port}\"\n[auth]\nsecret = \"{SECRET}\"\n{extra}\
-                 [tls]\ncert = \"{r}/certs/{cert}.pem\"\nkey = \"{r}/certs/{cert}-key.pem\"\n",
-                r = root.display()
-            ),
-        )
-        .unwrap()
-    };
-    write("localhost", "");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wspd"))
-        .arg("--config")
-        .arg(&cfg)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut wait_for = async |what: &str| loop {
-        let line = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .expect("a log line in time")
-            .unwrap()
-            .expect("wspd still runs");
-        if line.contains(what) {
-            return line;
-        }
-    };
-    wait_for("listening on").await;
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let token = wspd::auth::Tokens::new("localhost", SECRET)
-        .mint(
-            &wspd::address::Address::parse("alice@localhost").unwrap(),
-            std::time::Duration::from_secs(60),
-        )
-        .0;
-    let mut alice = Client::connect_tls(addr, "localhost", &token).await;
+    let write = |cert: &str| config_file(&dir, "wspd.toml", "127.0.0.1:0", &tls_config(cert));
+    let cfg = write("localhost");
+    let mut w = Wspd::start(&cfg, "info").await;
+    let mut alice = Client::connect_tls(w.addr, "localhost", &user_token("alice@localhost")).await;
     alice.expect_nothing().await;
-    let pid = child.id().unwrap().to_string();
-    let hup = || {
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-HUP", &pid])
-                .status()
-                .unwrap()
-                .success()
-        )
-    };
 
     // A config that does not parse: refused, the server goes on.
     std::fs::write(&cfg, "domain = ").unwrap();
-    hup();
-    let line = wait_for("reload failed").await;
+    w.signal("HUP");
+    let line = w.wait_for_line("reload failed").await;
     assert!(line.contains("running configuration stays"), "{line}");
     alice.expect_nothing().await;
 
     // A new certificate.
-    write("a.test", "");
-    hup();
-    wait_for("configuration reloaded").await;
-    assert!(handshake_ok(addr, "a.test").await);
+    write("a.test");
+    w.signal("HUP");
+    w.wait_for_line("configuration reloaded").await;
+    assert!(handshake_ok(w.addr, "a.test").await);
     alice.expect_nothing().await;
-    child.kill().await.unwrap();
 }

@@ -94,51 +94,11 @@ async fn a_federated_call_hears_503_across_the_link() {
 
 #[tokio::test]
 async fn sigterm_during_live_calls() {
-    use tokio::io::AsyncBufReadExt;
-    let dir = temp_dir("sigterm");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let cfg = dir.join("wspd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "domain = \"localhost\"\nlisten = \"127.0.0.1:{port}\"\n[auth]\nsecret = \"{SECRET}\"\n\
-             [limits]\nshutdown_grace = \"3s\"\n"
-        ),
-    )
-    .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wspd"))
-        .arg("--config")
-        .arg(&cfg)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    loop {
-        let line = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("wspd runs");
-        if line.contains("listening on") {
-            break;
-        }
-    }
-    let tokens = wspd::auth::Tokens::new("localhost", SECRET);
-    let token = |u: &str| {
-        tokens
-            .mint(
-                &wspd::address::Address::parse(u).unwrap(),
-                std::time::Duration::from_secs(60),
-            )
-            .0
-    };
-    let url = format!("ws://127.0.0.1:{port}/wsp");
-    let mut alice = Client::connect(&url, &token("alice@localhost")).await;
-    let mut bob = Client::connect(&url, &token("bob@localhost")).await;
+    let limits = "[limits]\nshutdown_grace = \"3s\"\n";
+    let cfg = config_file(&temp_dir("sigterm"), "wspd.toml", "127.0.0.1:0", limits);
+    let mut w = Wspd::start(&cfg, "info").await;
+    let mut alice = Client::connect(&w.url(), &user_token("alice@localhost")).await;
+    let mut bob = Client::connect(&w.url(), &user_token("bob@localhost")).await;
     answered_call(
         &mut alice,
         &mut bob,
@@ -148,23 +108,13 @@ async fn sigterm_during_live_calls() {
     )
     .await;
 
-    let pid = child.id().unwrap().to_string();
     let started = std::time::Instant::now();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    w.signal("TERM");
     alice.expect_bye(503).await;
     bob.expect_bye(503).await;
     assert_eq!(alice.expect_close().await.code, 1001);
     assert_eq!(bob.expect_close().await.code, 1001);
-    let status = tokio::time::timeout(WAIT, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = w.wait().await;
     assert!(status.success(), "{status}");
     assert!(
         started.elapsed() < std::time::Duration::from_secs(3),

@@ -47,7 +47,7 @@ fn user(kind: &str, round: usize, i: usize) -> String {
 }
 
 async fn connect(url: &str, user: &str) -> Client {
-    Client::connect(url, &localhost_token(user)).await
+    Client::connect(url, &user_token(user)).await
 }
 
 /// Reads the close frame and answers it, as a browser does.
@@ -466,7 +466,7 @@ async fn calls_under_garbage_floods_and_drops() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // And it stops cleanly.
-    w.terminate();
+    w.signal("TERM");
     let status = w.wait().await;
     assert!(status.success(), "{status}");
     assert!(

@@ -727,7 +727,10 @@ pub struct Wspd {
     pub child: tokio::process::Child,
     /// The address it listens on, read from its "listening on" line.
     pub addr: SocketAddr,
-    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Its stderr lines so far; the sender goes at the end of the stream.
+    stderr: tokio::sync::watch::Receiver<Vec<String>>,
+    /// How many of those lines [`Wspd::wait_for_line`] has gone past.
+    seen: usize,
 }
 
 impl Wspd {
@@ -743,38 +746,44 @@ impl Wspd {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (tx, stderr) = tokio::sync::watch::channel(Vec::new());
         let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let kept = stderr.clone();
         tokio::spawn(async move {
-            let mut ready = Some(ready_tx);
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.split_once("listening on ").map(|(_, r)| r)
-                    && let Some(tx) = ready.take()
-                {
-                    let addr = rest
-                        .split_once("://")
-                        .and_then(|(_, r)| r.split_once('/'))
-                        .map(|(a, _)| a.to_string());
-                    let _ = tx.send(addr);
-                }
-                kept.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                tx.send_modify(|kept| kept.push(line));
             }
         });
-        let addr = tokio::time::timeout(WAIT, ready_rx)
-            .await
-            .expect("wspd says it is listening in time");
-        let lines = stderr.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
-        let addr = addr
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| panic!("wspd ended before listening:\n{lines}"));
-        Wspd {
+        let mut w = Wspd {
             child,
-            addr: addr.parse().unwrap(),
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             stderr,
-        }
+            seen: 0,
+        };
+        let line = w.wait_for_line("listening on ").await;
+        w.addr = line
+            .split_once("://")
+            .and_then(|(_, r)| r.split_once('/'))
+            .and_then(|(a, _)| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        w
+    }
+
+    /// Waits (bounded by [`WAIT`]) for a line containing `text`, after the
+    /// last line this returned, and returns it.
+    pub async fn wait_for_line(&mut self, text: &str) -> String {
+        let from = self.seen;
+        let find =
+            |lines: &Vec<String>| Some(from + lines[from..].iter().position(|l| l.contains(text))?);
+        let in_time = tokio::time::timeout(WAIT, self.stderr.wait_for(|l| find(l).is_some()))
+            .await
+            .is_ok();
+        let lines = self.stderr();
+        let i = find(&lines).unwrap_or_else(|| {
+            let why = if in_time { "wspd ended" } else { "not in time" };
+            panic!("no line with {text:?} ({why}):\n{}", lines.join("\n"))
+        });
+        self.seen = i + 1;
+        lines[i].clone()
     }
 
     pub fn pid(&self) -> u32 {
@@ -783,10 +792,7 @@ impl Wspd {
 
     /// What it wrote to stderr so far, one entry a line.
     pub fn stderr(&self) -> Vec<String> {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.stderr.borrow().clone()
     }
 
     /// A field of `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`...).
@@ -812,22 +818,26 @@ impl Wspd {
             .count()
     }
 
-    /// Sends it SIGTERM.
-    pub fn terminate(&self) {
+    /// Sends it a signal: `TERM`, `HUP`...
+    pub fn signal(&self, name: &str) {
         let ok = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{name}"), &self.pid().to_string()])
             .status()
             .unwrap()
             .success();
-        assert!(ok, "kill -TERM");
+        assert!(ok, "kill -{name}");
     }
 
-    /// Waits (bounded by [`WAIT`]) for it to exit.
+    /// Waits (bounded by [`WAIT`]) for it to exit and for the end of its
+    /// stderr, so that [`Wspd::stderr`] then holds every line.
     pub async fn wait(&mut self) -> std::process::ExitStatus {
-        tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .expect("wspd exits in time")
-            .unwrap()
+        tokio::time::timeout(WAIT, async {
+            let status = self.child.wait().await.unwrap();
+            while self.stderr.changed().await.is_ok() {}
+            status
+        })
+        .await
+        .expect("wspd exits in time")
     }
 
     pub async fn metrics(&self) -> String {
@@ -853,10 +863,12 @@ pub fn config_file(dir: &Path, name: &str, listen: &str, extra: &str) -> std::pa
     path
 }
 
-/// A token for a user of `localhost` signed with [`SECRET`] (as a server
-/// started by [`config_file`] checks it), valid for an hour.
-pub fn localhost_token(user: &str) -> String {
-    wspd::auth::Tokens::new("localhost", SECRET)
-        .mint(&Address::parse(user).unwrap(), Duration::from_secs(3600))
+/// A token for `user` signed for the user's domain with [`SECRET`] (as a
+/// server started by [`config_file`] or [`Net::config_file`] checks it),
+/// valid for an hour.
+pub fn user_token(user: &str) -> String {
+    let user = Address::parse(user).unwrap();
+    wspd::auth::Tokens::new(user.domain(), SECRET)
+        .mint(&user, Duration::from_secs(3600))
         .0
 }
