@@ -208,15 +208,15 @@ async fn a_silent_dns_server_gives_504_within_the_lookup_timeout() {
 async fn a_resolver_address_where_nothing_listens_gives_504_within_the_lookup_timeout() {
     let net = Net::new("fault-dns-nothing").await;
     // A port of 127.0.0.1 free for both UDP and TCP, then closed again.
-    let nowhere = {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = udp.local_addr().unwrap();
-        assert!(
-            std::net::TcpListener::bind(addr).is_ok(),
-            "TCP port {addr} free too"
-        );
-        addr
-    };
+    // The UDP port the kernel picks may still be held for TCP (a socket of
+    // an earlier run closing): pick again until both are free.
+    let nowhere = (0..100)
+        .find_map(|_| {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let addr = udp.local_addr().unwrap();
+            std::net::TcpListener::bind(addr).ok().map(|_| addr)
+        })
+        .expect("a port of 127.0.0.1 free for both UDP and TCP");
     let a = TestServer::start(net.config_dns("a.test", "a.test", nowhere, "1s", "")).await;
     let r = remote_call_during_a_failing_lookup(&a, "dns-nothing").await;
     assert_eq!(r.bye[1]["code"], 504, "{}", r.bye);
