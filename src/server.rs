@@ -427,16 +427,8 @@ async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, conn: Conn) -> Respo
         tasks.spawn(async move {
             // The link counts as its connection until it ends.
             let _held = held;
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(session::ws_config(max)),
-                    )
-                    .await;
-                    links.run_inbound(router, ws, origin).await;
-                }
+            match websocket(on_upgrade, max).await {
+                Ok(ws) => links.run_inbound(router, ws, origin).await,
                 Err(e) => debug!(error = %e, "link upgrade failed"),
             }
         });
@@ -453,20 +445,14 @@ async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, conn: Conn) -> Respo
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     // Reachable from now on: a call may arrive before the socket runs.
-    let reg = session::Registered::new(&app.router, user, remote, &app.config.limits);
+    let reg = session::Registered::new(&app.router, user, remote, &app.config.limits, &shutdown);
     let held = ctx.clone();
     // Not instrumented: the session's events name its span themselves.
     tasks.spawn(async move {
         // The socket counts as its connection until it ends.
         let _held = held;
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(session::ws_config(app.config.limits.max_frame_bytes)),
-                )
-                .await;
+        match websocket(on_upgrade, app.config.limits.max_frame_bytes).await {
+            Ok(ws) => {
                 let limits = app.config.limits.clone();
                 session::run(ws, reg, app.router.clone(), limits, shutdown).await;
             }
@@ -475,6 +461,21 @@ async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, conn: Conn) -> Respo
     });
 
     switching_protocols(&accept, offered)
+}
+
+/// Waits for the upgraded connection and makes it the server side of a
+/// WebSocket sized for signalling.
+async fn websocket(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    max_frame_bytes: usize,
+) -> hyper::Result<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>> {
+    let upgraded = on_upgrade.await?;
+    Ok(WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        Role::Server,
+        Some(session::ws_config(max_frame_bytes)),
+    )
+    .await)
 }
 
 fn switching_protocols(accept: &str, offered: bool) -> Response<Body> {

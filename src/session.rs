@@ -149,9 +149,10 @@ impl Registered {
         user: Address,
         remote: std::net::SocketAddr,
         limits: &Limits,
+        shutdown: &CancellationToken,
     ) -> Registered {
         let (tx, rx) = mpsc::channel(limits.outbox_frames);
-        let kill = CancellationToken::new();
+        let kill = shutdown.child_token();
         let me = Peer::new(router.next_peer_id(), tx, kill.clone());
         let span = info_span!(parent: None, "session", id = me.id, user = %user, %remote);
         router.register(&user, me.clone());
@@ -237,6 +238,10 @@ where
 /// pings when quiet, drops the silent. Returns why it ended: `Some` when
 /// the server decided to close (the caller sends the close frame with
 /// [`close_socket`]), `None` when the socket ended by itself.
+///
+/// `kill` must be a child of `shutdown` (`shutdown.child_token()`): it ends
+/// this socket alone (a reader too slow), and the server's shutdown ends it
+/// with every other. One token is polled per turn of the loop, not two.
 pub async fn pump<S, H>(
     ws: &mut WebSocketStream<S>,
     rx: &mut mpsc::Receiver<Out>,
@@ -256,19 +261,18 @@ where
     // Grows on the first frame: an idle socket holds no batch buffer.
     let mut batch: Vec<Out> = Vec::new();
     // Registered once: a fresh `cancelled()` in every turn of the loop
-    // would take each token's locks to register and unregister its waker
-    // for every frame (the shutdown token is shared by every socket).
-    let killed = kill.cancelled();
-    let stopping = shutdown.cancelled();
-    tokio::pin!(killed, stopping);
+    // would take the token's locks to register and unregister its waker
+    // for every frame.
+    let ended = kill.cancelled();
+    tokio::pin!(ended);
 
     loop {
         tokio::select! {
             biased;
-            _ = &mut killed => {
-                return Some(Close::new(1008, "reading too slowly: outbox full"));
-            }
-            _ = &mut stopping => {
+            _ = &mut ended => {
+                if !shutdown.is_cancelled() {
+                    return Some(Close::new(1008, "reading too slowly: outbox full"));
+                }
                 // What was queued before the shutdown (the calls' byes 503)
                 // goes out first, within a bound.
                 let flush = async {
@@ -290,12 +294,11 @@ where
                     return None;
                 }
                 // The batch first: it usually completes at once, and the
-                // tokens are only polled while the socket cannot take it.
+                // token is only polled while the socket cannot take it.
                 let res = tokio::select! {
                     biased;
                     r = write_batch(ws, &mut batch, h) => r,
-                    _ = &mut killed => Err(WsError::ConnectionClosed),
-                    _ = &mut stopping => Err(WsError::ConnectionClosed),
+                    _ = &mut ended => Err(WsError::ConnectionClosed),
                 };
                 if res.is_err() {
                     return None;

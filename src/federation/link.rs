@@ -258,7 +258,7 @@ impl Links {
             dashmap::mapref::entry::Entry::Occupied(e) => return Ok(e.get().clone()),
             dashmap::mapref::entry::Entry::Vacant(v) => {
                 let (tx, rx) = mpsc::channel(LINK_OUTBOX);
-                let kill = CancellationToken::new();
+                let kill = self.shutdown.child_token();
                 let peer = Peer::new(router.next_peer_id(), tx, kill.clone());
                 v.insert(peer.clone());
                 let links = self.clone();
@@ -722,7 +722,7 @@ impl Links {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let (tx, mut rx) = mpsc::channel(LINK_OUTBOX);
-        let kill = CancellationToken::new();
+        let kill = self.shutdown.child_token();
         let peer = Peer::new(router.next_peer_id(), tx, kill.clone());
         let id = peer.id;
         let span = info_span!(parent: None, "link", dir = "in", peer = %origin, id);
