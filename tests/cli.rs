@@ -486,6 +486,24 @@ async fn a_port_in_use_stops_the_server() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[tokio::test]
+async fn a_bad_log_filter_stops_the_server_with_the_filter_named() {
+    let dir = temp_dir("cli-bad-log-filter");
+    let path = dir.join("config.toml");
+    write(&path, &config_text("127.0.0.1:0", "", ""));
+    let mut cmd = wspd(&dir, &["--config", path.to_str().unwrap()]);
+    cmd.env("RUST_LOG", "wspd=loud");
+    let o = tokio::time::timeout(RUN_LIMIT, cmd.output())
+        .await
+        .expect("wspd finishes")
+        .unwrap();
+    let e = stderr(&o);
+    assert!(!o.status.success(), "{e}");
+    assert!(e.contains("log filter \"wspd=loud\""), "{e}");
+    assert!(!e.contains("listening on"), "the server started:\n{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 // ---------------------------------------------------------------------------
 // Running, and stopping on SIGTERM
 // ---------------------------------------------------------------------------

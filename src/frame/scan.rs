@@ -48,11 +48,7 @@ impl<'a> Scan<'a> {
     /// `null`, if it is next.
     fn null(&mut self) -> bool {
         self.ws();
-        let is = self.b[self.i..].starts_with(b"null");
-        if is {
-            self.i += 4;
-        }
-        is
+        self.literal(b"null").is_some()
     }
 
     /// Skips a string (the cursor on its opening quote); any valid JSON

@@ -228,15 +228,7 @@ pub struct Closed {
 
 impl Client {
     pub async fn connect(url: &str, token: &str) -> Client {
-        let mut req = url.into_client_request().unwrap();
-        req.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static("wsp-1.0"),
-        );
-        req.headers_mut().insert(
-            "Authorization",
-            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-        );
+        let req = wsp_request(url, token);
         // TCP_NODELAY: with Nagle a small write can wait for an ACK, and
         // under paused time the clock may jump meanwhile.
         let (ws, resp) = tokio_tungstenite::connect_async_with_config(req, None, true)
@@ -252,17 +244,7 @@ impl Client {
     /// Connects over TLS to `addr`, checking the certificate for `domain`
     /// under the development CA.
     pub async fn connect_tls(addr: SocketAddr, domain: &str, token: &str) -> Client {
-        let mut req = format!("wss://{domain}:{}/wsp", addr.port())
-            .into_client_request()
-            .unwrap();
-        req.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static("wsp-1.0"),
-        );
-        req.headers_mut().insert(
-            "Authorization",
-            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-        );
+        let req = wsp_request(&format!("wss://{domain}:{}/wsp", addr.port()), token);
         let tcp = TcpStream::connect(addr).await.unwrap();
         tcp.set_nodelay(true).unwrap();
         let (ws, _) = tokio_tungstenite::client_async_tls_with_config(
@@ -645,10 +627,11 @@ impl Net {
     }
 }
 
-/// Tries a WSP upgrade (subprotocol `wsp-1.0`, bearer token) on a plain
-/// `ws://` URL: the client, or the HTTP status and body of the refusal
-/// (status 0 and the error's text when no HTTP answer came at all).
-pub async fn try_connect(url: &str, token: &str) -> Result<Client, (u16, String)> {
+/// A WSP upgrade request for `url`: subprotocol `wsp-1.0`, bearer `token`.
+fn wsp_request(
+    url: &str,
+    token: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     let mut req = url.into_client_request().unwrap();
     req.headers_mut().insert(
         "Sec-WebSocket-Protocol",
@@ -658,6 +641,14 @@ pub async fn try_connect(url: &str, token: &str) -> Result<Client, (u16, String)
         "Authorization",
         HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
     );
+    req
+}
+
+/// Tries a WSP upgrade (subprotocol `wsp-1.0`, bearer token) on a plain
+/// `ws://` URL: the client, or the HTTP status and body of the refusal
+/// (status 0 and the error's text when no HTTP answer came at all).
+pub async fn try_connect(url: &str, token: &str) -> Result<Client, (u16, String)> {
+    let req = wsp_request(url, token);
     match tokio::time::timeout(
         WAIT,
         tokio_tungstenite::connect_async_with_config(req, None, true),
