@@ -4,6 +4,8 @@
 //! [`Inbound`], whose content is validated for its keyword but kept as the
 //! raw JSON text the client sent, so SDP and candidates are relayed byte for
 //! byte. Outbound frames are assembled from that raw text plus the call id.
+//! Bye and close codes, and every bye the server sends, are typed values of
+//! [`codes`].
 
 use std::borrow::Cow;
 
@@ -14,9 +16,14 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::address::CallId;
 
+mod codes;
 mod scan;
+pub use codes::{ByeCode, Close, CloseCode, Outcome, ServerBye};
 #[doc(hidden)] // public for the property tests and fuzz targets
 pub use scan::decode_fast;
+
+/// The subprotocol of WSP 1.0, offered by clients and links.
+pub const SUBPROTOCOL: &str = "wsp-1.0";
 
 /// The six keywords of WSP 1.0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -77,11 +84,17 @@ pub enum FrameError {
 impl FrameError {
     /// The WebSocket close code for this error: 1007 when the text is not
     /// JSON at all, 1002 (protocol error) when it is JSON of the wrong shape.
-    pub fn close_code(&self) -> u16 {
+    pub fn close_code(&self) -> CloseCode {
         match self {
-            FrameError::NotJson => 1007,
-            _ => 1002,
+            FrameError::NotJson => CloseCode::NotJson,
+            _ => CloseCode::Protocol,
         }
+    }
+}
+
+impl From<FrameError> for Close {
+    fn from(e: FrameError) -> Close {
+        Close::new(e.close_code(), e.to_string())
     }
 }
 
@@ -115,7 +128,7 @@ pub struct Invite<'a> {
 
 #[derive(Debug)]
 pub struct Bye<'a> {
-    pub code: u16,
+    pub code: ByeCode,
     pub raw: &'a str,
 }
 
@@ -130,7 +143,7 @@ impl Body<'_> {
         }
     }
 
-    pub fn bye_code(&self) -> Option<u16> {
+    pub fn bye_code(&self) -> Option<ByeCode> {
         match self {
             Body::Bye(b) => Some(b.code),
             _ => None,
@@ -378,10 +391,8 @@ pub fn decode_checked(text: &str) -> Result<Inbound<'_>, FrameError> {
             let raw = content.ok_or_else(missing)?;
             let Object(w): Object<ByeWire> =
                 serde_json::from_str(raw).map_err(|e| bad(short(&e)))?;
-            if !(100..=699).contains(&w.code) {
-                return Err(bad("code must be 100-699".into()));
-            }
-            Body::Bye(Bye { code: w.code, raw })
+            let code = ByeCode::new(w.code).ok_or_else(|| bad("code must be 100-699".into()))?;
+            Body::Bye(Bye { code, raw })
         }
     };
     Ok(Inbound {
@@ -428,10 +439,15 @@ pub fn encode(keyword: Keyword, content: Option<&str>, call: &CallId) -> Utf8Byt
     Utf8Bytes::from(s)
 }
 
+/// The content of a server's bye: `{"code": N, "description": TEXT}`.
+pub fn bye_content(bye: ServerBye) -> String {
+    serde_json::json!({ "code": bye.code.get(), "description": bye.description }).to_string()
+}
+
 /// Builds a server-generated `bye`. Without a call id (a frame that named
 /// no call, on a socket where none could be implied) it has no options.
-pub fn encode_bye(code: u16, description: &str, call: Option<&CallId>) -> Utf8Bytes {
-    let content = serde_json::json!({ "code": code, "description": description }).to_string();
+pub fn encode_bye(bye: ServerBye, call: Option<&CallId>) -> Utf8Bytes {
+    let content = bye_content(bye);
     match call {
         Some(call) => encode(Keyword::Bye, Some(&content), call),
         None => Utf8Bytes::from(format!("[\"bye\",{content}]")),
@@ -647,19 +663,19 @@ mod tests {
             err(r#"["ringing",null,{"call":"short"}]"#),
             FrameError::Options(_)
         ));
-        assert_eq!(FrameError::NotJson.close_code(), 1007);
-        assert_eq!(FrameError::NotArray.close_code(), 1002);
+        assert_eq!(FrameError::NotJson.close_code().get(), 1007);
+        assert_eq!(FrameError::NotArray.close_code().get(), 1002);
     }
 
     #[test]
     fn server_bye_is_json() {
-        let b = encode_bye(
-            487,
-            "Cancelled \"now\"",
-            Some(&CallId::parse("abcdefgh").unwrap()),
-        );
+        let quoted = ServerBye {
+            code: ByeCode::CANCELLED,
+            description: "Cancelled \"now\"",
+        };
+        let b = encode_bye(quoted, Some(&CallId::parse("abcdefgh").unwrap()));
         let v: serde_json::Value =
-            serde_json::from_str(encode_bye(481, "x", None).as_str()).unwrap();
+            serde_json::from_str(encode_bye(ServerBye::NO_SUCH_CALL, None).as_str()).unwrap();
         assert_eq!(v.as_array().unwrap().len(), 2);
         let v: serde_json::Value = serde_json::from_str(b.as_str()).unwrap();
         assert_eq!(v[0], "bye");

@@ -1,16 +1,22 @@
 //! wspd: a federated WebRTC signalling server speaking WSP 1.0.
 //!
-//! Module map (see docs/ARCHITECTURE.md for the invariants):
-//! - [`config`]: TOML -> validated [`config::Config`];
-//! - [`address`]: user addresses and call ids;
-//! - [`frame`]: the only module that knows JSON (wire frames <-> typed);
+//! Module map, top to bottom: each module imports only from those below it
+//! (docs/ARCHITECTURE.md draws the layers and says what each keeps true).
+//! - this file: [`App`] (what every connection shares), [`Server`]
+//!   (build, run, spawn) and its one [`Drain`] handle;
+//! - [`server`]: listener, TLS, HTTP routes, authenticated upgrades;
+//! - [`session`]: the client socket's handler;
+//! - [`federation`]: links to other domains (their handler, opening,
+//!   authentication, discovery, keys, `wspd check`);
+//! - [`socket`]: the WebSocket pump shared by client sockets and links;
+//! - [`router`]: who is where; drives the call machines; reaches other
+//!   domains through [`router::Remote`];
+//! - [`peer`]: what every kind of peer shares (handle, outbox);
 //! - [`call`]: the call state machine, sans-IO;
-//! - [`router`]: who is where, and the driver of the call machines;
-//! - [`session`]: one client socket;
-//! - [`server`]: listener, TLS, HTTP routes, authenticated upgrade;
+//! - [`frame`]: the wire: frames, JSON, typed bye and close codes;
 //! - [`auth`]: access tokens and the users file;
-//! - [`limits`]: token buckets and per-address connection counts;
-//! - [`metrics`]: Prometheus exposition.
+//! - [`config`], [`address`], [`limits`], [`metrics`], [`logging`]: the
+//!   leaves.
 
 pub mod address;
 pub mod auth;
@@ -21,13 +27,16 @@ pub mod frame;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod peer;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod socket;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -41,9 +50,9 @@ use tracing::info;
 
 use crate::auth::{Tokens, UsersError, UsersFile};
 use crate::config::Config;
-use crate::federation::link::{Links, LinksError};
+use crate::federation::links::{Links, LinksError};
 use crate::metrics::Metrics;
-use crate::router::Router;
+use crate::router::{Remote, Router};
 
 /// Everything a connection needs, shared by all of them.
 pub struct App {
@@ -57,8 +66,11 @@ pub struct App {
     pub login_gate: Semaphore,
     /// Links to other domains, when `[federation]` is configured.
     pub links: Option<Arc<Links>>,
-    /// Cancelled to stop the server.
+    /// Cancelled when the server drains (see [`App::drain`]): the accept
+    /// loop, every socket and every link watch it.
     pub shutdown: CancellationToken,
+    /// The drain has begun.
+    draining: AtomicBool,
     /// Every connection, session and link task.
     pub tasks: TaskTracker,
     /// The TLS acceptor for new connections, replaced on reload.
@@ -66,6 +78,19 @@ pub struct App {
 }
 
 impl App {
+    /// Begins the graceful shutdown, once: every untransferred call ends
+    /// with bye 503 (queued in the parties' outboxes), then the shutdown
+    /// token tells the accept loop, sockets and links, which write what is
+    /// queued for them and close with 1001.
+    pub fn drain(&self) {
+        if self.draining.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let calls = self.router.shutdown_calls();
+        info!(calls, "shutting down: untransferred calls ended with 503");
+        self.shutdown.cancel();
+    }
+
     /// The TLS acceptor new connections use (None: plain TCP).
     pub fn tls_acceptor(&self) -> Option<TlsAcceptor> {
         self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -124,12 +149,25 @@ pub struct Server {
     listener: TcpListener,
 }
 
+/// The one handle that stops a server: cheap to clone, for signal
+/// handlers and tests.
+#[derive(Clone)]
+pub struct Drain(Arc<App>);
+
+impl Drain {
+    /// Begins the graceful shutdown ([`App::drain`]); [`Server::run`]
+    /// returns when it is over.
+    pub fn start(&self) {
+        self.0.drain();
+    }
+}
+
 /// A server running in the background.
 pub struct Running {
     pub addr: SocketAddr,
     pub app: Arc<App>,
-    /// Cancel to stop: accepting ends, sockets close with 1001.
-    pub shutdown: CancellationToken,
+    /// Stops it: accepting ends, sockets close with 1001.
+    pub drain: Drain,
     /// Ends when every connection has finished.
     pub handle: JoinHandle<()>,
 }
@@ -165,12 +203,14 @@ impl Server {
             )?)),
             None => None,
         };
+        let remote = links.clone().map(|l| l as Arc<dyn Remote>);
         let router = Arc::new(Router::new(
             config.domain.clone(),
             config.limits.clone(),
             known,
             metrics.clone(),
-            links.clone(),
+            remote,
+            tasks.clone(),
         ));
         let app = App {
             tokens: Tokens::new(&config.domain, &config.auth.secret),
@@ -181,6 +221,7 @@ impl Server {
             login_gate: Semaphore::new(2),
             links,
             shutdown,
+            draining: AtomicBool::new(false),
             tasks,
             tls: std::sync::RwLock::new(tls),
         };
@@ -202,23 +243,17 @@ impl Server {
             .expect("bound listener has an address")
     }
 
-    /// Serves until `shutdown` is cancelled, then shuts down gracefully:
-    /// stops accepting, ends every untransferred call with bye 503, closes
-    /// sockets and links with 1001, and returns when every connection has
-    /// finished or `limits.shutdown_grace` has passed.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// The handle that stops this server.
+    pub fn drain(&self) -> Drain {
+        Drain(self.app.clone())
+    }
+
+    /// Serves until the server drains ([`Drain::start`]), then shuts down
+    /// gracefully: stops accepting, ends every untransferred call with bye
+    /// 503, closes sockets and links with 1001, and returns when every
+    /// connection has finished or `limits.shutdown_grace` has passed.
+    pub async fn run(self) {
         let tasks = self.app.tasks.clone();
-        let app = self.app.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = app.shutdown.cancelled() => {}
-            }
-            let calls = app.router.shutdown_calls();
-            info!(calls, "shutting down: untransferred calls ended with 503");
-            app.shutdown.cancel();
-        });
-        let shutdown = self.app.shutdown.clone();
         let grace = self.app.config.limits.shutdown_grace;
         let scheme = if self.app.tls_acceptor().is_some() {
             "wss"
@@ -230,7 +265,7 @@ impl Server {
             "listening on {scheme}://{}/wsp",
             self.local_addr()
         );
-        server::accept_loop(self.app, self.listener, shutdown, tasks.clone()).await;
+        server::accept_loop(self.app, self.listener).await;
         tasks.close();
         if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
             tracing::warn!(
@@ -244,14 +279,14 @@ impl Server {
 
     /// Runs in a background task.
     pub fn spawn(self) -> Running {
-        let shutdown = CancellationToken::new();
         let addr = self.local_addr();
         let app = self.app.clone();
-        let handle = tokio::spawn(self.run(shutdown.clone()));
+        let drain = self.drain();
+        let handle = tokio::spawn(self.run());
         Running {
             addr,
             app,
-            shutdown,
+            drain,
             handle,
         }
     }

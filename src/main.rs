@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 use wspd::address::Address;
 use wspd::auth::{Tokens, UsersFile};
 use wspd::config::Config;
@@ -190,16 +189,15 @@ fn run(config: Config, config_path: Option<PathBuf>, log_format: LogFormat) -> a
                 }
             }
         });
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
+        let drain = server.drain();
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("signal received: shutting down (a second signal exits at once)");
-            stop.cancel();
+            drain.start();
             wait_for_signal().await;
             std::process::exit(130);
         });
-        server.run(shutdown).await;
+        server.run().await;
         Ok(())
     })
 }

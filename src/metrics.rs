@@ -10,8 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::call::Outcome;
 use crate::frame::Keyword;
+use crate::frame::Outcome;
 
 type Labels = [(&'static str, &'static str); 1];
 

@@ -1,15 +1,18 @@
 //! Who is where: users' sockets, live calls, and the driver that feeds the
 //! call state machines and carries out what they decide.
 //!
-//! Shared maps hold handles ([`Peer`]: a bounded sender and a kill switch),
-//! never session state. A call's state sits behind its own mutex; it is
-//! locked only for the synchronous work of feeding one input and queueing
-//! the resulting frames (`try_send`, never `.await`), which keeps every
-//! call's frames in one order without holding anything across an await.
+//! The router sees peers ([`Peer`]), never a transport. A client socket
+//! registers for its user; another domain is reached through the narrow
+//! [`Remote`] interface, which the federation's links implement (and a
+//! cluster of nodes would implement the same way). Every invite, from a
+//! socket or from a link, comes through [`Router::invite`], which decides
+//! every refusal and counts every call's outcome, the same way for both.
 //!
-//! Routing decides "local sockets" or "another domain". Only the local half
-//! exists today; the other domain's half (a server-to-server link) will be
-//! one more kind of [`Peer`] that receives the same [`Out`] messages.
+//! Shared maps hold handles, never session state. A call's state sits
+//! behind its own mutex; it is locked only for the synchronous work of
+//! feeding one input and queueing the resulting frames (`try_send`, never
+//! `.await`), which keeps every call's frames in one order without holding
+//! anything across an await.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,95 +21,79 @@ use std::sync::{Arc, Mutex, Weak};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use smallvec::SmallVec;
-use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{Span, debug, info, info_span, warn};
 
 use crate::address::{Address, CallId};
-use crate::call::{Call, Input, Outcome, Output, PeerId};
+use crate::call::{Call, Input, Output, Outputs, PeerId};
 use crate::config::Limits;
-use crate::federation::link::Links;
-use crate::frame::{self, Keyword};
-use crate::metrics::{Metrics, Refusal};
+use crate::frame::{self, ByeCode, Invite, Keyword, ServerBye};
+use crate::metrics::Metrics;
+use crate::peer::{Out, Peer};
 
-/// What the router sends to a peer's outbox.
-#[derive(Debug)]
-pub enum Out {
-    /// A frame to write as is.
-    Frame(Utf8Bytes),
-    /// The peer is now a party of this call (sent before its invite).
-    Attach(CallId),
-    /// The call is over for this peer.
-    Detach(CallId),
+/// How the router reaches other domains.
+pub trait Remote: Send + Sync {
+    /// The peer that carries calls to `domain`: a link that is up or being
+    /// opened (frames queue in its outbox meanwhile). Refused at once by
+    /// policy or while the domain backs off.
+    fn peer_for(self: Arc<Self>, router: &Arc<Router>, domain: &str) -> Result<Peer, ServerBye>;
 }
 
-/// Closes an outbox and returns the calls its owner is still a party of:
-/// `calls` (what it knew) plus what was still queued (`Attach`ed and not
-/// `Detach`ed). The owner then tells each call it is gone.
-pub fn close_outbox(rx: &mut mpsc::Receiver<Out>, mut calls: Vec<CallId>) -> Vec<CallId> {
-    rx.close();
-    while let Ok(out) = rx.try_recv() {
-        match out {
-            Out::Attach(c) => calls.push(c),
-            Out::Detach(c) => calls.retain(|x| *x != c),
-            Out::Frame(_) => {}
-        }
-    }
-    calls
+/// Where an invite came in, as the edge that read it knows it. The router
+/// decides from this whether to take the invite.
+#[derive(Clone, Copy)]
+pub enum Via<'a> {
+    /// A client socket of `user`, already a party of `calls` calls.
+    Socket { user: &'a Address, calls: usize },
+    /// A link with the domain `origin`.
+    Link {
+        origin: &'a str,
+        /// Accepted from the origin; invites never come in on a link this
+        /// server opened.
+        inbound: bool,
+        /// The origin's invite rate had room for this one.
+        within_rate: bool,
+        /// Calls in flight on the link, and the most it may carry.
+        calls: usize,
+        max_calls: usize,
+    },
 }
 
-/// A handle on a client socket or a link: cheap to clone.
-#[derive(Clone, Debug)]
-pub struct Peer {
-    pub id: PeerId,
-    tx: mpsc::Sender<Out>,
-    kill: CancellationToken,
+/// Why an invite was refused: the bye the inviter hears, and how it is
+/// counted besides its outcome.
+#[derive(Debug, Clone, Copy)]
+struct Refused {
+    bye: ServerBye,
+    kind: RefusedKind,
 }
 
-impl Peer {
-    pub fn new(id: PeerId, tx: mpsc::Sender<Out>, kill: CancellationToken) -> Self {
-        Peer { id, tx, kill }
-    }
-
-    /// Queues a message without waiting. A full outbox means the reader is
-    /// too slow: the peer is killed rather than allowed to grow memory.
-    /// Returns false when the peer is gone (its outbox is closed).
-    fn deliver(&self, out: Out, metrics: &Metrics) -> bool {
-        match self.tx.try_send(out) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.kill.is_cancelled() {
-                    warn!(
-                        peer = self.id,
-                        "outbox full: disconnecting a reader too slow to keep up"
-                    );
-                    metrics.refused(Refusal::SlowReader);
-                    self.kill.cancel();
-                }
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-}
-
-/// Why an invite was refused before a call existed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refused {
-    pub code: u16,
-    pub description: &'static str,
-    pub outcome: Outcome,
+enum RefusedKind {
+    Plain,
+    /// A limit: `wspd_limits_hit_total{limit}`.
+    Limit(&'static str),
+    /// A socket naming a caller that is not its user.
+    Spoofed,
+    /// A link carrying what its direction or origin does not allow.
+    Misrouted,
+}
+
+impl From<ServerBye> for Refused {
+    fn from(bye: ServerBye) -> Self {
+        Refused {
+            bye,
+            kind: RefusedKind::Plain,
+        }
+    }
 }
 
 impl Refused {
-    pub const fn new(code: u16, description: &'static str, outcome: Outcome) -> Self {
+    fn limit(bye: ServerBye, limit: &'static str) -> Self {
         Refused {
-            code,
-            description,
-            outcome,
+            bye,
+            kind: RefusedKind::Limit(limit),
         }
     }
 }
@@ -117,7 +104,7 @@ struct CallState {
     peers: SmallVec<[Peer; 3]>,
     timer: Option<AbortHandle>,
     /// The parent of the call's events. Never entered: the events name it.
-    span: tracing::Span,
+    span: Span,
     started: Instant,
     /// The other domain, for a call that crosses a link.
     remote: Option<String>,
@@ -138,10 +125,12 @@ pub struct Router {
     sessions: DashMap<Address, SmallVec<[Peer; 2]>>,
     calls: DashMap<CallId, Slot>,
     next_peer: AtomicU64,
-    /// Links to other domains, when federation is configured.
-    links: Option<Arc<Links>>,
+    /// Other domains, when federation is configured.
+    remote: Option<Arc<dyn Remote>>,
     /// Calls ringing for each local user (`limits.pending_invites_per_user`).
     ringing: DashMap<Address, usize>,
+    /// The ring timers, tracked with every other task of the server.
+    timers: TaskTracker,
 }
 
 impl Router {
@@ -150,7 +139,8 @@ impl Router {
         limits: Limits,
         known_users: Option<HashSet<String>>,
         metrics: Arc<Metrics>,
-        links: Option<Arc<Links>>,
+        remote: Option<Arc<dyn Remote>>,
+        timers: TaskTracker,
     ) -> Self {
         Router {
             domain,
@@ -160,8 +150,9 @@ impl Router {
             sessions: DashMap::new(),
             calls: DashMap::new(),
             next_peer: AtomicU64::new(1),
-            links,
+            remote,
             ringing: DashMap::new(),
+            timers,
         }
     }
 
@@ -192,16 +183,126 @@ impl Router {
     }
 
     /// Sends a server bye straight to one peer.
-    pub fn bye(&self, to: &Peer, code: u16, description: &str, call: Option<&CallId>) {
-        to.deliver(
-            Out::Frame(frame::encode_bye(code, description, call)),
-            &self.metrics,
-        );
+    pub fn bye(&self, to: &Peer, bye: ServerBye, call: Option<&CallId>) {
+        to.deliver(Out::Frame(frame::encode_bye(bye, call)), &self.metrics);
     }
 
-    /// Starts a call from `from` (a socket of `caller`) to `callee`. On
-    /// success every device of the callee has been sent the invite.
+    /// An invite from `from`, which came in as `via` says. Returns whether a
+    /// call started (every device of the callee has been sent the invite);
+    /// if not, the inviter has been sent the refusal and it was counted.
     pub fn invite(
+        self: &Arc<Self>,
+        from: &Peer,
+        via: Via<'_>,
+        span: &Span,
+        id: &CallId,
+        invite: &Invite<'_>,
+    ) -> bool {
+        let started = self
+            .admit(via, invite)
+            .and_then(|(caller, callee)| self.start(from, &caller, &callee, id, invite.raw));
+        match started {
+            Ok(()) => true,
+            Err(r) => {
+                self.refuse(from, via, span, id, r);
+                false
+            }
+        }
+    }
+
+    /// Whether the edge may carry this invite: the caller is who the edge
+    /// speaks for, the addresses are valid, and the edge is within its
+    /// limits. Returns the caller and callee.
+    fn admit(&self, via: Via<'_>, inv: &Invite<'_>) -> Result<(Address, Address), Refused> {
+        match via {
+            Via::Socket { user, calls } => {
+                if Address::parse(&inv.caller_uri).ok().as_ref() != Some(user) {
+                    return Err(Refused {
+                        bye: ServerBye::SPOOFED_CALLER,
+                        kind: RefusedKind::Spoofed,
+                    });
+                }
+                let callee = Address::parse(&inv.callee_uri).map_err(ServerBye::bad_callee)?;
+                if calls >= self.limits.calls_per_socket {
+                    return Err(Refused::limit(
+                        ServerBye::TOO_MANY_CALLS_ON_SOCKET,
+                        "calls_per_socket",
+                    ));
+                }
+                Ok((user.clone(), callee))
+            }
+            Via::Link {
+                origin,
+                inbound,
+                within_rate,
+                calls,
+                max_calls,
+            } => {
+                let misrouted = |bye| Refused {
+                    bye,
+                    kind: RefusedKind::Misrouted,
+                };
+                if !inbound {
+                    return Err(misrouted(ServerBye::WRONG_DIRECTION));
+                }
+                // One domain's flood is bounded on its own link: other
+                // domains' links and local calls are not slowed by it.
+                if !within_rate {
+                    return Err(Refused::limit(
+                        ServerBye::LINK_INVITE_RATE,
+                        "invites_per_second",
+                    ));
+                }
+                if calls >= max_calls {
+                    return Err(Refused::limit(
+                        ServerBye::TOO_MANY_CALLS_ON_LINK,
+                        "calls_per_link",
+                    ));
+                }
+                let (Ok(caller), Ok(callee)) = (
+                    Address::parse(&inv.caller_uri),
+                    Address::parse(&inv.callee_uri),
+                ) else {
+                    return Err(ServerBye::BAD_LINK_ADDRESS.into());
+                };
+                if caller.domain() != origin || callee.domain() != self.domain {
+                    return Err(misrouted(ServerBye::MISROUTED));
+                }
+                Ok((caller, callee))
+            }
+        }
+    }
+
+    /// Sends a refused invite its bye and counts it: every refusal, from a
+    /// socket or a link, goes through here.
+    fn refuse(&self, from: &Peer, via: Via<'_>, span: &Span, id: &CallId, r: Refused) {
+        let outcome = r.bye.outcome();
+        self.metrics.call_ended(outcome);
+        // The other domain is a label only when it is a link's
+        // authenticated origin: a domain a client merely named is not.
+        if let Via::Link { origin, .. } = via {
+            self.metrics.remote_call_ended(origin, outcome);
+        }
+        let code = r.bye.code.get();
+        match r.kind {
+            RefusedKind::Plain => debug!(parent: span, call = %id, code, "invite refused"),
+            RefusedKind::Limit(limit) => {
+                self.metrics.limit_hit(limit);
+                debug!(parent: span, call = %id, code, limit, "invite refused");
+            }
+            RefusedKind::Spoofed => {
+                info!(parent: span, call = %id, "refused invite: caller is not this socket's user")
+            }
+            RefusedKind::Misrouted => {
+                self.metrics.link_failure("misrouted");
+                warn!(parent: span, call = %id, code, "refused invite: not from the link's origin to this domain");
+            }
+        }
+        self.bye(from, r.bye, Some(id));
+    }
+
+    /// Starts a call from `from` (a peer of `caller`) to `callee`.
+    fn start(
         self: &Arc<Self>,
         from: &Peer,
         caller: &Address,
@@ -209,71 +310,27 @@ impl Router {
         id: &CallId,
         invite: &str,
     ) -> Result<(), Refused> {
-        let remote = if callee.domain() != self.domain {
-            Some(callee.domain())
-        } else if caller.domain() != self.domain {
-            Some(caller.domain())
-        } else {
-            None
-        };
-        let devices: SmallVec<[Peer; 3]> = if callee.domain() != self.domain {
-            // The callee's server does the forking: the link is the one device.
-            let Some(links) = &self.links else {
-                return Err(Refused::new(
-                    403,
-                    "This server does not federate with other domains",
-                    Outcome::Forbidden,
-                ));
-            };
-            smallvec::smallvec![links.link_for(self, callee.domain())?]
-        } else {
-            if let Some(known) = &self.known_users
-                && !known.contains(callee.user())
-            {
-                return Err(Refused::new(404, "No such user", Outcome::NotFound));
-            }
-            let devices: SmallVec<[Peer; 3]> = self
-                .sessions
-                .get(callee)
-                .map(|s| s.iter().filter(|p| p.id != from.id).cloned().collect())
-                .unwrap_or_default();
-            if devices.is_empty() {
-                return Err(Refused::new(480, "User offline", Outcome::Offline));
-            }
-            devices
-        };
+        let devices = self.devices(from, callee)?;
         // An invite flood aimed at one user is bounded; the count is taken
         // here and given back when the call stops ringing (apply()).
-        let ringing_for = if callee.domain() == self.domain {
-            let mut n = self.ringing.entry(callee.clone()).or_insert(0);
-            if *n >= self.limits.pending_invites_per_user {
-                self.metrics.limit_hit("pending_invites_per_user");
-                return Err(Refused::new(
-                    486,
-                    "Busy: too many calls ringing for this user",
-                    Outcome::Busy,
-                ));
-            }
-            *n += 1;
-            Some(callee.clone())
-        } else {
-            None
-        };
-
+        let ringing_for = self.hold_ringing(callee)?;
+        let remote = [callee.domain(), caller.domain()]
+            .into_iter()
+            .find(|d| *d != self.domain)
+            .map(str::to_string);
         let span = info_span!("call", id = %id, caller = %caller, callee = %callee);
         let ids: SmallVec<[PeerId; 3]> = devices.iter().map(|p| p.id).collect();
         let now = Instant::now();
         let (call, outputs) = Call::start(from.id, &ids, invite, now, self.limits.ring_timeout);
         let mut peers = devices;
         peers.push(from.clone());
-        let deadline = call.ring_deadline();
         let slot = Arc::new(Mutex::new(CallState {
             call,
             peers,
             timer: None,
             span,
             started: now,
-            remote: remote.map(str::to_string),
+            remote,
             finished: false,
             ringing_for,
         }));
@@ -286,11 +343,7 @@ impl Router {
                 if let Some(user) = state.ringing_for.take() {
                     self.stop_ringing(&user);
                 }
-                return Err(Refused::new(
-                    400,
-                    "Call id already in use",
-                    Outcome::BadRequest,
-                ));
+                return Err(ServerBye::CALL_ID_IN_USE.into());
             }
             Entry::Vacant(v) => {
                 v.insert(slot.clone());
@@ -301,11 +354,59 @@ impl Router {
         for p in state.peers.iter().filter(|p| p.id != from.id) {
             p.deliver(Out::Attach(id.clone()), &self.metrics);
         }
-        if let Some(deadline) = deadline {
-            state.timer = Some(self.spawn_ring_timer(Arc::downgrade(&slot), id.clone(), deadline));
+        if let Some(deadline) = state.call.ring_deadline() {
+            state.timer = Some(self.ring_timer(Arc::downgrade(&slot), id.clone(), deadline));
         }
         self.apply(&mut state, id, outputs, None);
         Ok(())
+    }
+
+    /// Who is invited: every socket of a local callee but the caller's own,
+    /// or the one peer that reaches the callee's domain (whose server does
+    /// the forking).
+    fn devices(
+        self: &Arc<Self>,
+        from: &Peer,
+        callee: &Address,
+    ) -> Result<SmallVec<[Peer; 3]>, Refused> {
+        if callee.domain() != self.domain {
+            let Some(remote) = &self.remote else {
+                return Err(ServerBye::NO_FEDERATION.into());
+            };
+            let link = remote.clone().peer_for(self, callee.domain())?;
+            return Ok(smallvec::smallvec![link]);
+        }
+        if let Some(known) = &self.known_users
+            && !known.contains(callee.user())
+        {
+            return Err(ServerBye::NO_SUCH_USER.into());
+        }
+        let devices: SmallVec<[Peer; 3]> = self
+            .sessions
+            .get(callee)
+            .map(|s| s.iter().filter(|p| p.id != from.id).cloned().collect())
+            .unwrap_or_default();
+        if devices.is_empty() {
+            return Err(ServerBye::OFFLINE.into());
+        }
+        Ok(devices)
+    }
+
+    /// Counts one more call ringing for a local callee, within
+    /// `limits.pending_invites_per_user`.
+    fn hold_ringing(&self, callee: &Address) -> Result<Option<Address>, Refused> {
+        if callee.domain() != self.domain {
+            return Ok(None);
+        }
+        let mut n = self.ringing.entry(callee.clone()).or_insert(0);
+        if *n >= self.limits.pending_invites_per_user {
+            return Err(Refused::limit(
+                ServerBye::TOO_MANY_RINGING,
+                "pending_invites_per_user",
+            ));
+        }
+        *n += 1;
+        Ok(Some(callee.clone()))
     }
 
     /// Feeds a frame from `from` to call `id`; an unknown call gets 481.
@@ -315,10 +416,10 @@ impl Router {
         id: &CallId,
         keyword: Keyword,
         content: Option<&str>,
-        bye_code: Option<u16>,
+        bye_code: Option<ByeCode>,
     ) {
         let Some(slot) = self.calls.get(id).map(|s| s.value().clone()) else {
-            return self.bye(from, 481, "No such call", Some(id));
+            return self.bye(from, ServerBye::NO_SUCH_CALL, Some(id));
         };
         self.feed(
             &slot,
@@ -335,8 +436,8 @@ impl Router {
 
     /// A bye that the link `from` could not get from the other server (the
     /// link failed): fed to the call as if that server had sent it.
-    pub fn remote_bye(&self, from: PeerId, id: &CallId, code: u16, description: &str) {
-        let content = serde_json::json!({ "code": code, "description": description }).to_string();
+    pub fn remote_bye(&self, from: PeerId, id: &CallId, bye: ServerBye) {
+        let content = frame::bye_content(bye);
         if let Some(slot) = self.calls.get(id).map(|s| s.value().clone()) {
             self.feed(
                 &slot,
@@ -345,14 +446,14 @@ impl Router {
                     from,
                     keyword: Keyword::Bye,
                     content: Some(&content),
-                    bye_code: Some(code),
+                    bye_code: Some(bye.code),
                 },
                 None,
             );
         }
     }
 
-    /// The peer's socket went away: every call it was part of is told.
+    /// The peer went away: every call it was part of is told.
     pub fn gone(&self, from: PeerId, id: &CallId) {
         if let Some(slot) = self.calls.get(id).map(|s| s.value().clone()) {
             self.feed(&slot, id, Input::Gone(from), None);
@@ -373,38 +474,10 @@ impl Router {
         &self,
         state: &mut CallState,
         id: &CallId,
-        outputs: crate::call::Outputs<'_>,
+        outputs: Outputs<'_>,
         sender: Option<&Peer>,
     ) {
-        let mut gone: SmallVec<[PeerId; 2]> = SmallVec::new();
-        for o in outputs {
-            let (to, out) = match o {
-                Output::Relay {
-                    to,
-                    keyword,
-                    content,
-                } => (to, Out::Frame(frame::encode(keyword, content, id))),
-                Output::Bye {
-                    to,
-                    code,
-                    description,
-                } => {
-                    debug!(parent: &state.span, to, code, description, "server bye");
-                    (
-                        to,
-                        Out::Frame(frame::encode_bye(code, description, Some(id))),
-                    )
-                }
-                Output::Detach(to) => (to, Out::Detach(id.clone())),
-            };
-            let peer = state.peers.iter().find(|p| p.id == to);
-            if let Some(p) = peer.or(sender.filter(|p| p.id == to))
-                && !p.deliver(out, &self.metrics)
-                && !gone.contains(&to)
-            {
-                gone.push(to);
-            }
-        }
+        let gone = self.deliver(state, id, outputs, sender);
         // A party whose outbox closed while the call was being routed (its
         // socket or link ended) is gone: tell the call now, rather than
         // leave it waiting for the ring timeout.
@@ -422,40 +495,83 @@ impl Router {
                 self.stop_ringing(&user);
             }
         }
-        if let Some(outcome) = state.call.outcome()
-            && !state.finished
-        {
-            // While unfinished the map's entry for `id` is this call.
-            state.finished = true;
-            self.calls.remove(id);
-            self.metrics.calls_active.dec();
-            self.metrics.call_ended(outcome);
-            if let Some(remote) = &state.remote {
-                self.metrics.remote_call_ended(remote, outcome);
-            }
-            info!(
-                parent: &state.span,
-                outcome = outcome.as_str(),
-                seconds = format_args!("{:.3}", state.started.elapsed().as_secs_f64()),
-                "call ended"
-            );
+        if state.call.outcome().is_some() && !state.finished {
+            self.finish(state, id);
         }
     }
 
-    fn spawn_ring_timer(
+    /// Queues each output in its peer's outbox. Returns the parties found
+    /// gone (their outbox closed).
+    fn deliver(
+        &self,
+        state: &CallState,
+        id: &CallId,
+        outputs: Outputs<'_>,
+        sender: Option<&Peer>,
+    ) -> SmallVec<[PeerId; 2]> {
+        let mut gone: SmallVec<[PeerId; 2]> = SmallVec::new();
+        for o in outputs {
+            let (to, out) = match o {
+                Output::Relay {
+                    to,
+                    keyword,
+                    content,
+                } => (to, Out::Frame(frame::encode(keyword, content, id))),
+                Output::Bye { to, bye } => {
+                    debug!(parent: &state.span, to, code = bye.code.get(), description = bye.description, "server bye");
+                    (to, Out::Frame(frame::encode_bye(bye, Some(id))))
+                }
+                Output::Detach(to) => (to, Out::Detach(id.clone())),
+            };
+            let peer = state.peers.iter().find(|p| p.id == to);
+            if let Some(p) = peer.or(sender.filter(|p| p.id == to))
+                && !p.deliver(out, &self.metrics)
+                && !gone.contains(&to)
+            {
+                gone.push(to);
+            }
+        }
+        gone
+    }
+
+    /// The call has its outcome: it leaves the map and is counted, once.
+    fn finish(&self, state: &mut CallState, id: &CallId) {
+        let Some(outcome) = state.call.outcome() else {
+            return;
+        };
+        // While unfinished the map's entry for `id` is this call.
+        state.finished = true;
+        self.calls.remove(id);
+        self.metrics.calls_active.dec();
+        self.metrics.call_ended(outcome);
+        if let Some(remote) = &state.remote {
+            self.metrics.remote_call_ended(remote, outcome);
+        }
+        info!(
+            parent: &state.span,
+            outcome = outcome.as_str(),
+            seconds = format_args!("{:.3}", state.started.elapsed().as_secs_f64()),
+            "call ended"
+        );
+    }
+
+    /// A task that feeds the ring timeout at `at`, unless the call stops
+    /// ringing first (then it is aborted).
+    fn ring_timer(
         self: &Arc<Self>,
         slot: Weak<Mutex<CallState>>,
         id: CallId,
         at: Instant,
     ) -> AbortHandle {
         let router = Arc::downgrade(self);
-        tokio::spawn(async move {
-            tokio::time::sleep_until(at).await;
-            if let (Some(router), Some(slot)) = (router.upgrade(), slot.upgrade()) {
-                router.feed(&slot, &id, Input::RingTimeout, None);
-            }
-        })
-        .abort_handle()
+        self.timers
+            .spawn(async move {
+                tokio::time::sleep_until(at).await;
+                if let (Some(router), Some(slot)) = (router.upgrade(), slot.upgrade()) {
+                    router.feed(&slot, &id, Input::RingTimeout, None);
+                }
+            })
+            .abort_handle()
     }
 
     fn stop_ringing(&self, user: &Address) {

@@ -31,12 +31,10 @@ use crate::App;
 use crate::address::Address;
 use crate::auth::TokenError;
 use crate::federation::keys;
+use crate::frame::SUBPROTOCOL;
 use crate::limits::{IpSlot, PerIp};
 use crate::metrics::Refusal;
-use crate::session;
-
-/// The subprotocol of WSP 1.0.
-pub const SUBPROTOCOL: &str = "wsp-1.0";
+use crate::{session, socket};
 /// The largest `POST /token` body.
 const MAX_LOGIN_BODY: usize = 4096;
 /// hyper's read buffer bounds the request head.
@@ -44,13 +42,11 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 type Body = Full<Bytes>;
 
-/// Accepts connections until `shutdown`; every connection task is tracked.
-pub async fn accept_loop(
-    app: Arc<App>,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-) {
+/// Accepts connections until the server drains; every connection task is
+/// tracked in the app's task tracker.
+pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
+    let shutdown = app.shutdown.clone();
+    let tasks = app.tasks.clone();
     let slots = Arc::new(Semaphore::new(app.config.limits.max_connections));
     let per_ip = PerIp::new(app.config.limits.connections_per_ip);
     loop {
@@ -363,22 +359,45 @@ fn bearer_token(req: &Request<Incoming>) -> Option<String> {
     })
 }
 
-async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, conn: Conn) -> Response<Body> {
-    let Conn { exporter, ctx } = conn;
-    let remote = ctx.remote;
-    let shutdown = ctx.shutdown.clone();
-    let tasks = ctx.tasks.clone();
-    let h = req.headers();
-    let bad = |description: &str| {
-        app.metrics.refused(Refusal::BadUpgrade);
-        json_error(StatusCode::BAD_REQUEST, "bad-upgrade", description)
+/// `GET /wsp`: a valid WebSocket upgrade is authenticated as a link (with
+/// `Authorization: WSP-Link`) or as a user's socket (with a bearer token).
+async fn upgrade(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+    let handshake = match check_upgrade(req.headers()) {
+        Ok(h) => h,
+        Err(r) => {
+            app.metrics.refused(Refusal::BadUpgrade);
+            return r;
+        }
     };
+    let link_auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() > 9 && v[..9].eq_ignore_ascii_case("wsp-link "))
+        .map(str::to_string);
+    match link_auth {
+        Some(link_auth) => link_upgrade(app, req, conn, &link_auth, handshake).await,
+        None => client_upgrade(app, req, conn, handshake),
+    }
+}
+
+/// What the 101 answer of a valid upgrade carries.
+struct Handshake {
+    accept: String,
+    /// The client offered a subprotocol (then it was wsp-1.0).
+    offered: bool,
+}
+
+/// Checks that a request is a WebSocket upgrade this server speaks.
+#[allow(clippy::result_large_err)] // the refusal is the response itself
+fn check_upgrade(h: &HeaderMap) -> Result<Handshake, Response<Body>> {
+    let bad = |description: &str| json_error(StatusCode::BAD_REQUEST, "bad-upgrade", description);
     if !header_has_token(h, header::CONNECTION, "upgrade")
         || !header_has_token(h, header::UPGRADE, "websocket")
     {
-        return bad(
+        return Err(bad(
             "/wsp is a WebSocket endpoint: send Connection: Upgrade and Upgrade: websocket",
-        );
+        ));
     }
     if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
         let mut r = bad("only WebSocket version 13 is supported");
@@ -387,54 +406,67 @@ async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, conn: Conn) -> Respo
             header::SEC_WEBSOCKET_VERSION,
             HeaderValue::from_static("13"),
         );
-        return r;
+        return Err(r);
     }
     let Some(key) = h.get(header::SEC_WEBSOCKET_KEY) else {
-        return bad("Sec-WebSocket-Key is missing");
+        return Err(bad("Sec-WebSocket-Key is missing"));
     };
-    let accept = derive_accept_key(key.as_bytes());
     let offered = h.contains_key(header::SEC_WEBSOCKET_PROTOCOL);
     if offered && !header_has_token(h, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL) {
-        return bad("unsupported subprotocol: this server speaks wsp-1.0");
+        return Err(bad("unsupported subprotocol: this server speaks wsp-1.0"));
     }
+    Ok(Handshake {
+        accept: derive_accept_key(key.as_bytes()),
+        offered,
+    })
+}
 
-    let link_auth = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() > 9 && v[..9].eq_ignore_ascii_case("wsp-link "))
-        .map(str::to_string);
-    if let Some(link_auth) = link_auth {
-        let Some(links) = app.links.clone() else {
+/// A link from another domain: authenticated before the 101, then run
+/// by the links.
+async fn link_upgrade(
+    app: Arc<App>,
+    mut req: Request<Incoming>,
+    conn: Conn,
+    link_auth: &str,
+    hs: Handshake,
+) -> Response<Body> {
+    let Some(links) = app.links.clone() else {
+        app.metrics.refused(Refusal::Unauthorized);
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "no-federation",
+            "this server does not federate",
+        );
+    };
+    let origin = match links.authenticate(link_auth, conn.exporter).await {
+        Ok(origin) => origin,
+        Err(r) => {
             app.metrics.refused(Refusal::Unauthorized);
-            return json_error(
-                StatusCode::FORBIDDEN,
-                "no-federation",
-                "this server does not federate",
-            );
-        };
-        let origin = match links.authenticate(&link_auth, exporter).await {
-            Ok(origin) => origin,
-            Err(r) => {
-                app.metrics.refused(Refusal::Unauthorized);
-                return json_error(r.status, r.id, &r.description);
-            }
-        };
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        let router = app.router.clone();
-        let max = app.config.limits.max_frame_bytes;
-        let held = ctx.clone();
-        tasks.spawn(async move {
-            // The link counts as its connection until it ends.
-            let _held = held;
-            match websocket(on_upgrade, max).await {
-                Ok(ws) => links.run_inbound(router, ws, origin).await,
-                Err(e) => debug!(error = %e, "link upgrade failed"),
-            }
-        });
-        return switching_protocols(&accept, offered);
-    }
+            return json_error(r.status, r.id, &r.description);
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let held = conn.ctx.clone();
+    conn.ctx.tasks.spawn(async move {
+        // The link counts as its connection until it ends.
+        let _held = held;
+        match websocket(on_upgrade, app.config.limits.max_frame_bytes).await {
+            Ok(ws) => links.run_inbound(&app.router, ws, origin).await,
+            Err(e) => debug!(error = %e, "link upgrade failed"),
+        }
+    });
+    switching_protocols(&hs.accept, hs.offered)
+}
 
+/// A user's socket: its token checked, registered with the router before
+/// the 101 (so it can be called at once), then run as a session.
+fn client_upgrade(
+    app: Arc<App>,
+    mut req: Request<Incoming>,
+    conn: Conn,
+    hs: Handshake,
+) -> Response<Body> {
+    let remote = conn.ctx.remote;
     let user = match authenticate(&app, &req) {
         Ok(u) => u,
         Err(e) => {
@@ -442,13 +474,13 @@ async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, conn: Conn) -> Respo
             return unauthorized(&e);
         }
     };
-
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let shutdown = conn.ctx.shutdown.clone();
     // Reachable from now on: a call may arrive before the socket runs.
     let reg = session::Registered::new(&app.router, user, remote, &app.config.limits, &shutdown);
-    let held = ctx.clone();
+    let held = conn.ctx.clone();
     // Not instrumented: the session's events name its span themselves.
-    tasks.spawn(async move {
+    conn.ctx.tasks.spawn(async move {
         // The socket counts as its connection until it ends.
         let _held = held;
         // Not websocket(): awaiting that async fn here makes every
@@ -459,7 +491,7 @@ async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, conn: Conn) -> Respo
                 let ws = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
-                    Some(session::ws_config(app.config.limits.max_frame_bytes)),
+                    Some(socket::ws_config(app.config.limits.max_frame_bytes)),
                 )
                 .await;
                 let limits = app.config.limits.clone();
@@ -468,8 +500,7 @@ async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, conn: Conn) -> Respo
             Err(e) => reg.abandon(&app.router, &e),
         }
     });
-
-    switching_protocols(&accept, offered)
+    switching_protocols(&hs.accept, hs.offered)
 }
 
 /// Waits for the upgraded connection and makes it the server side of a
@@ -482,7 +513,7 @@ async fn websocket(
     Ok(WebSocketStream::from_raw_socket(
         TokioIo::new(upgraded),
         Role::Server,
-        Some(session::ws_config(max_frame_bytes)),
+        Some(socket::ws_config(max_frame_bytes)),
     )
     .await)
 }

@@ -191,7 +191,7 @@ async fn a_silent_dns_server_gives_504_within_the_lookup_timeout() {
     }
     let t = Instant::now();
     let running = a2.running;
-    running.shutdown.cancel();
+    running.drain.start();
     erin.expect_bye(503).await;
     assert_eq!(erin.expect_close().await.code, 1001);
     tokio::time::timeout(Duration::from_secs(5), running.handle)

@@ -729,7 +729,12 @@ mod codec {
                     text
                 );
                 prop_assert_eq!(got.body.raw(), want.raw.as_deref(), "{}", text);
-                prop_assert_eq!(got.body.bye_code(), want.code, "{}", text);
+                prop_assert_eq!(
+                    got.body.bye_code().map(wspd::frame::ByeCode::get),
+                    want.code,
+                    "{}",
+                    text
+                );
                 if let Body::Invite(i) = &got.body {
                     let (caller, callee) = want.uris.as_ref().unwrap();
                     prop_assert_eq!(&*i.caller_uri, caller.as_str());
@@ -743,7 +748,7 @@ mod codec {
                     "{text}: refused as {e:?} ({e}), but the wrong parts are {bad:?}"
                 );
                 prop_assert!(!e.to_string().is_empty());
-                prop_assert_eq!(e.close_code(), 1002);
+                prop_assert_eq!(e.close_code().get(), 1002);
             }
             (Ok(want), Err(e)) => {
                 return Err(TestCaseError::fail(format!(
@@ -788,7 +793,7 @@ proptest! {
             Err(e) => {
                 prop_assert!(!e.to_string().is_empty());
                 let json = serde_json::from_str::<serde_json::Value>(&text).is_ok();
-                prop_assert_eq!(e.close_code(), if json { 1002 } else { 1007 }, "{}: {}", text, e);
+                prop_assert_eq!(e.close_code().get(), if json { 1002 } else { 1007 }, "{}: {}", text, e);
             }
         }
     }
@@ -801,7 +806,7 @@ proptest! {
         let at = cut.index(end);
         if text.is_char_boundary(at) && !text[..at].trim().is_empty() {
             let e = wspd::frame::decode(&text[..at]).unwrap_err();
-            prop_assert_eq!(e.close_code(), 1007, "{:?}", &text[..at]);
+            prop_assert_eq!(e.close_code().get(), 1007, "{:?}", &text[..at]);
         }
     }
 }
@@ -879,8 +884,9 @@ proptest! {
 mod machine {
     use proptest::prelude::*;
     use tokio::time::{Duration, Instant};
-    use wspd::call::{Call, Input, Outcome, Output, Outputs, PeerId};
+    use wspd::call::{Call, Input, Output, Outputs, PeerId};
     use wspd::frame::Keyword;
+    use wspd::frame::{ByeCode, Outcome};
 
     pub const CALLER: PeerId = 1;
 
@@ -1111,7 +1117,9 @@ mod machine {
                     from: id(who),
                     keyword,
                     content,
-                    bye_code: (keyword == Keyword::Bye).then_some(code),
+                    bye_code: (keyword == Keyword::Bye)
+                        .then_some(code)
+                        .and_then(ByeCode::new),
                 },
                 Step::Gone(w) => Input::Gone(id(w)),
                 Step::RingTimeout => Input::RingTimeout,
@@ -1137,7 +1145,7 @@ mod machine {
                 prop_assert_eq!(call.outcome(), Some(o), "the outcome changed: {}", ctx());
                 match input {
                     Input::Frame { from, .. } => prop_assert!(
-                        matches!(out[..], [Output::Bye { to, code: 481, .. }] if to == from),
+                        matches!(out[..], [Output::Bye { to, bye }] if to == from && bye.code == ByeCode::NO_SUCH_CALL),
                         "after the end: {}",
                         ctx()
                     ),
@@ -1152,7 +1160,13 @@ mod machine {
                     keyword,
                     content,
                     bye_code,
-                } => Some((from, self.index(from), keyword, content, bye_code)),
+                } => Some((
+                    from,
+                    self.index(from),
+                    keyword,
+                    content,
+                    bye_code.map(ByeCode::get),
+                )),
                 _ => None,
             };
             let sender_in = sender.is_some_and(|(_, i, ..)| i.is_some_and(|i| self.live(i)));
@@ -1161,10 +1175,7 @@ mod machine {
             let refusal = |o: &Output| {
                 matches!(
                     o,
-                    Output::Bye {
-                        code: 400 | 481,
-                        ..
-                    }
+                    Output::Bye { bye, .. } if matches!(bye.code.get(), 400 | 481)
                 )
             };
             if let Some((from, i, keyword, _, code)) = sender {
@@ -1177,7 +1188,7 @@ mod machine {
                 };
                 if let Some(want) = want {
                     prop_assert!(
-                        matches!(out[..], [Output::Bye { to, code, .. }] if to == from && code == want),
+                        matches!(out[..], [Output::Bye { to, bye }] if to == from && bye.code.get() == want),
                         "expected exactly a refusal {} to {}: {}",
                         want,
                         from,
@@ -1250,7 +1261,8 @@ mod machine {
                             prop_assert!(p.closings == 1, "second closing bye: {}", ctx());
                         }
                     }
-                    Output::Bye { to, code, .. } => {
+                    Output::Bye { to, bye } => {
+                        let code = bye.code.get();
                         prop_assert!(ENDING_CODES.contains(&code), "code {}: {}", code, ctx());
                         let t = self.index(to);
                         prop_assert!(t.is_some(), "bye to a stranger: {}", ctx());
@@ -1407,7 +1419,7 @@ mod machine {
                 }
                 (
                     Input::Frame {
-                        bye_code: Some(603),
+                        bye_code: Some(ByeCode::DECLINED),
                         ..
                     },
                     Phase::Ringing,
@@ -1418,9 +1430,9 @@ mod machine {
                         ..
                     },
                     Phase::Ringing,
-                ) if self.parties.len() == 2 => Some(Outcome::from_code(code)),
+                ) if self.parties.len() == 2 => Some(code.outcome()),
                 (Input::Frame { bye_code, .. }, Phase::Answered { .. }) => {
-                    Some(if bye_code == Some(101) {
+                    Some(if bye_code == Some(ByeCode::TRANSFERRED) {
                         Outcome::Transferred
                     } else {
                         Outcome::HungUp
@@ -1632,7 +1644,7 @@ fn arrays_are_not_content_or_options_objects() {
             _ => assert!(matches!(e, FrameError::Content { .. }), "{text}: {e:?}"),
         }
         assert!(e.to_string().contains("object"), "{text}: {e}");
-        assert_eq!(e.close_code(), 1002);
+        assert_eq!(e.close_code().get(), 1002);
     }
 }
 
@@ -1643,19 +1655,18 @@ fn arrays_are_not_content_or_options_objects() {
 #[test]
 fn a_transferred_side_is_no_longer_a_party() {
     use tokio::time::{Duration, Instant};
-    use wspd::call::{Call, Input, Outcome, Output};
-    use wspd::frame::Keyword;
+    use wspd::call::{Call, Input, Output};
+    use wspd::frame::{ByeCode, Keyword, Outcome, ServerBye};
 
-    let frame = |from, keyword, bye_code| Input::Frame {
+    let frame = |from, keyword, bye_code: Option<u16>| Input::Frame {
         from,
         keyword,
         content: Some("{}"),
-        bye_code,
+        bye_code: bye_code.and_then(ByeCode::new),
     };
     let no_such_call = |to| Output::Bye {
         to,
-        code: 481,
-        description: "No such call",
+        bye: ServerBye::NO_SUCH_CALL,
     };
     for (a, b) in [(1, 2), (2, 1)] {
         let (mut c, _) = Call::start(1, &[2], "{}", Instant::now(), Duration::from_secs(60));

@@ -39,7 +39,7 @@ async fn stopping_ends_untransferred_calls_with_503_and_closes_with_1001() {
     assert_eq!(s.metric("wspd_calls_active").await, 2.0);
 
     let running = s.running;
-    running.shutdown.cancel();
+    running.drain.start();
     let f = alice.expect_bye(503).await;
     assert_eq!(f[2]["call"], "answered-1");
     assert_eq!(f[1]["description"], "Server shutting down");

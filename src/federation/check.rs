@@ -31,11 +31,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::address::normalize_domain;
 use crate::config::{Config, Federation};
+use crate::federation::dial::{UpgradeError, certificate_error, get_keys, tcp_connect};
 use crate::federation::discovery::DiscoveryError;
 use crate::federation::keys::LinkKey;
-use crate::federation::link::{
-    Links, LinksError, UpgradeError, certificate_error, get_keys, tcp_connect,
-};
+use crate::federation::links::{Links, LinksError};
 use crate::metrics::Metrics;
 
 /// How one step went.
@@ -293,7 +292,7 @@ pub async fn check(config: &Config, domain: &str) -> Result<Report, CheckError> 
             }
         };
         let start = Instant::now();
-        match timeout(ct, links.tls_handshake(tcp, &name)).await {
+        match timeout(ct, links.dialer().tls_handshake(tcp, &name)).await {
             Ok(Ok(tls)) => {
                 let (_, conn) = tls.get_ref();
                 let version = match conn.protocol_version() {
@@ -387,10 +386,11 @@ pub async fn check(config: &Config, domain: &str) -> Result<Report, CheckError> 
             .await
             .map_err(|e| format!("{addr}: {e}"))?;
         let tls = links
+            .dialer()
             .tls_handshake(tcp, &name)
             .await
             .map_err(|e| format!("{addr}: {e}"))?;
-        Ok::<_, String>(links.upgrade(tls, &domain).await)
+        Ok::<_, String>(links.dialer().upgrade(tls, &domain).await)
     };
     let key_id = links.key_id().to_string();
     match timeout(ct, attempt).await {

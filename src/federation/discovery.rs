@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::config::{Federation, HostPort};
+use crate::frame::ByeCode;
 use crate::metrics::Metrics;
 
 /// How many failed domains are remembered at most.
@@ -56,10 +57,10 @@ pub enum DiscoveryError {
 
 impl DiscoveryError {
     /// The bye code a call to the domain ends with.
-    pub fn bye_code(&self) -> u16 {
+    pub fn bye_code(&self) -> ByeCode {
         match self {
-            DiscoveryError::NoService(_) => 604,
-            DiscoveryError::Timeout | DiscoveryError::Failed(_) => 504,
+            DiscoveryError::NoService(_) => ByeCode::NO_SERVICE,
+            DiscoveryError::Timeout | DiscoveryError::Failed(_) => ByeCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -605,11 +606,11 @@ mod tests {
 
     #[test]
     fn errors_map_to_bye_codes() {
-        assert_eq!(DiscoveryError::NoService("x".into()).bye_code(), 604);
+        assert_eq!(DiscoveryError::NoService("x".into()).bye_code().get(), 604);
         assert_eq!(DiscoveryError::NoService("x".into()).reason(), "no_service");
-        assert_eq!(DiscoveryError::Timeout.bye_code(), 504);
+        assert_eq!(DiscoveryError::Timeout.bye_code().get(), 504);
         assert_eq!(DiscoveryError::Timeout.reason(), "timeout");
-        assert_eq!(DiscoveryError::Failed("x".into()).bye_code(), 504);
+        assert_eq!(DiscoveryError::Failed("x".into()).bye_code().get(), 504);
         assert_eq!(DiscoveryError::Failed("x".into()).reason(), "error");
     }
 }

@@ -16,7 +16,7 @@
 
 use std::borrow::Cow;
 
-use super::{Body, Bye, Inbound, Invite, Keyword};
+use super::{Body, Bye, ByeCode, Inbound, Invite, Keyword};
 use crate::address::CallId;
 
 /// Deeper values are left to the checked decoding (which allows 128).
@@ -309,14 +309,14 @@ fn candidate(s: &mut Scan<'_>) -> Option<()> {
     })
 }
 
-fn bye(s: &mut Scan<'_>) -> Option<u16> {
+fn bye(s: &mut Scan<'_>) -> Option<ByeCode> {
     let (mut code, mut description) = (None, None);
     s.object(0, |s, key| match key {
         "code" => once(&mut code, s.u16()?),
         "description" => once(&mut description, s.optional_string()?),
         _ => s.skip_value(1),
     })?;
-    code.filter(|c| (100..=699).contains(c))
+    code.and_then(ByeCode::new)
 }
 
 /// `options`: the call id, when given.

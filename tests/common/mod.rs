@@ -122,7 +122,7 @@ impl TestServer {
 
     /// Stops the server and waits for it to finish.
     pub async fn stop(self) {
-        self.running.shutdown.cancel();
+        self.running.drain.start();
         self.running.handle.await.unwrap();
     }
 }

@@ -17,7 +17,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio_util::sync::CancellationToken;
 
 /// The child side: `wsp-bench serve --log LEVEL`. Never returns normally.
 pub fn serve(log: &str) -> anyhow::Result<()> {
@@ -38,8 +37,7 @@ pub fn serve(log: &str) -> anyhow::Result<()> {
         let config = wspd::config::Config::load(&PathBuf::from(line.trim()))?;
         let server = wspd::Server::build(config, listener)?;
         println!("ready");
-        let stop = CancellationToken::new();
-        let s = stop.clone();
+        let s = server.drain();
         // Standard input closes when the bench ends (or dies): stop at once.
         std::thread::spawn(move || {
             let mut sink = String::new();
@@ -50,11 +48,11 @@ pub fn serve(log: &str) -> anyhow::Result<()> {
             {
                 sink.clear();
             }
-            s.cancel();
+            s.start();
             std::thread::sleep(Duration::from_millis(200));
             std::process::exit(0);
         });
-        server.run(stop).await;
+        server.run().await;
         anyhow::Ok(())
     })?;
     std::process::exit(0)

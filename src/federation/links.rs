@@ -1,0 +1,306 @@
+//! All links of this server: one authenticated TLS WebSocket per (origin,
+//! destination), opened on the first call that needs it, shared by every
+//! call between the two domains, closed when idle.
+//!
+//! [`Links`] is how the router reaches other domains (it implements
+//! [`Remote`]): it applies the federation policy, keeps one link per
+//! domain and backs off from domains that failed. It also accepts links
+//! (after [`Links::authenticate`]). What a link's frames mean is
+//! `link.rs`'s; how a connection is made is `dial.rs`'s; how an incoming
+//! link proves its origin is `auth.rs`'s.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, Span, debug, info, info_span, warn};
+
+use crate::config::{Config, Federation};
+use crate::federation::auth::{LinkAuthenticator, LinkRefusal};
+use crate::federation::dial::{CaError, DialError, Dialer};
+use crate::federation::discovery::{Discovery, DiscoveryError};
+use crate::federation::keys::{self, LinkKey};
+use crate::federation::link::{self, Direction, LinkRun};
+use crate::frame::ServerBye;
+use crate::limits::TokenBucket;
+use crate::metrics::Metrics;
+use crate::peer::Peer;
+use crate::router::{Remote, Router};
+use crate::socket::PumpConfig;
+
+/// How many frames may wait for one link (all its calls together).
+const LINK_OUTBOX: usize = 8192;
+/// The first backoff after a failed link attempt; it doubles up to
+/// `federation.backoff_max`.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+
+struct Backoff {
+    failures: u32,
+    until: Instant,
+    bye: ServerBye,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinksError {
+    #[error("[federation] key: {0}")]
+    Key(#[from] keys::KeyError),
+    #[error("[federation] resolver: {0}")]
+    Discovery(#[from] DiscoveryError),
+    #[error(transparent)]
+    Ca(#[from] CaError),
+}
+
+/// All links of this server, and what it needs to open and accept them.
+pub struct Links {
+    domain: String,
+    fed: Federation,
+    /// `allow` and `deny`, replaced on reload (SIGHUP).
+    policy: std::sync::RwLock<(Vec<String>, Vec<String>)>,
+    pump: PumpConfig,
+    dialer: Dialer,
+    auth: LinkAuthenticator,
+    metrics: Arc<Metrics>,
+    outbound: DashMap<String, Peer>,
+    backoff: DashMap<String, Backoff>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Links {
+    /// Loads (or creates) the link key, sets up discovery and TLS trust.
+    pub fn new(
+        config: &Config,
+        fed: &Federation,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Result<Links, LinksError> {
+        let key = LinkKey::load_or_create(&fed.key)?;
+        Links::with_key(config, fed, key, metrics, shutdown, tasks)
+    }
+
+    /// [`Links::new`] with the link key given (`wspd check` must not
+    /// create the server's key file).
+    pub(crate) fn with_key(
+        config: &Config,
+        fed: &Federation,
+        key: LinkKey,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Result<Links, LinksError> {
+        let discovery = Discovery::new(fed, metrics.clone())?;
+        let dialer = Dialer::new(
+            config.domain.clone(),
+            key,
+            discovery,
+            fed.ca.as_deref(),
+            fed.connect_timeout,
+            config.limits.max_frame_bytes,
+        )?;
+        Ok(Links {
+            domain: config.domain.clone(),
+            fed: fed.clone(),
+            policy: std::sync::RwLock::new((fed.allow.clone(), fed.deny.clone())),
+            pump: PumpConfig::from_limits(&config.limits),
+            dialer,
+            auth: LinkAuthenticator::new(config.domain.clone(), metrics.clone()),
+            metrics,
+            outbound: DashMap::new(),
+            backoff: DashMap::new(),
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Whether policy lets `domain` federate (the lists as last reloaded).
+    pub fn allows(&self, domain: &str) -> bool {
+        let p = self.policy.read().unwrap_or_else(|e| e.into_inner());
+        let (allow, deny) = &*p;
+        !deny.iter().any(|d| d == domain) && (allow.is_empty() || allow.iter().any(|d| d == domain))
+    }
+
+    /// Replaces the allow and deny lists (SIGHUP). Links already up stay;
+    /// the new lists apply to every new call and link.
+    pub fn set_policy(&self, allow: Vec<String>, deny: Vec<String>) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = (allow, deny);
+    }
+
+    /// The keys document served at `/.well-known/wsp/keys`.
+    pub fn keys_document(&self) -> String {
+        self.dialer.key().document(&self.domain)
+    }
+
+    /// How this server reaches other servers (for `wspd check`).
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
+    }
+
+    /// The discovery this server uses (for `wspd check`).
+    pub fn discovery(&self) -> &Discovery {
+        self.dialer.discovery()
+    }
+
+    /// The id of the key this server signs its links with.
+    pub(crate) fn key_id(&self) -> &str {
+        self.dialer.key().id()
+    }
+
+    /// Checks an incoming link's `Authorization: WSP-Link ...` header,
+    /// bound to `exporter` (this TLS session's). Returns the origin domain.
+    pub async fn authenticate(
+        &self,
+        header: &str,
+        exporter: Option<[u8; 32]>,
+    ) -> Result<String, LinkRefusal> {
+        self.auth
+            .authenticate(&self.dialer, |d| self.allows(d), header, exporter)
+            .await
+    }
+
+    fn new_link(
+        &self,
+        router: &Arc<Router>,
+        dir: Direction,
+        remote: String,
+        span: impl FnOnce(u64) -> Span,
+    ) -> (Peer, LinkRun) {
+        let (peer, outbox) = Peer::new(router.next_peer_id(), LINK_OUTBOX, &self.shutdown);
+        let span = span(peer.id);
+        let run = LinkRun {
+            dir,
+            remote,
+            peer: peer.clone(),
+            outbox,
+            router: router.clone(),
+            span,
+            idle_after: self.fed.link_idle_timeout,
+            invites: TokenBucket::new(
+                self.fed.invites_per_second,
+                self.fed.invite_burst,
+                Instant::now(),
+            ),
+            max_calls: self.fed.calls_per_link,
+        };
+        (peer, run)
+    }
+
+    /// Opens the link, then runs it; if it cannot be opened, every call
+    /// waiting for it is refused and the domain backs off.
+    async fn run_outbound(self: Arc<Self>, domain: String, mut run: LinkRun) {
+        let id = run.peer.id;
+        // Only the setup runs in the link's span: once up, the link's
+        // events name it (see socket::Handler::span).
+        let connected = async {
+            tokio::select! {
+                r = self.dialer.connect(&domain) => r,
+                _ = self.shutdown.cancelled() => Err(DialError::Shutdown),
+            }
+        }
+        .instrument(run.span.clone())
+        .await;
+        let mut ws = match connected {
+            Ok(ws) => ws,
+            Err(e) => return self.failed(&domain, e, &mut run),
+        };
+        self.metrics.link_attempt("ok");
+        self.backoff.remove(&domain);
+        info!(parent: &run.span, "link up");
+        let unlist = || {
+            self.outbound.remove_if(&domain, |_, p| p.id == id);
+        };
+        link::run(&mut ws, run, &self.pump, &self.shutdown, unlist).await;
+    }
+
+    /// A link that could not be opened: logged, counted, backed off from,
+    /// and every call queued for it answered with the failure's bye.
+    fn failed(&self, domain: &str, e: DialError, run: &mut LinkRun) {
+        let bye = e.bye();
+        let reason = e.reason();
+        warn!(parent: &run.span, reason, code = bye.code.get(), "link to {domain} failed: {e}");
+        self.metrics.link_attempt(reason);
+        self.metrics.link_failure(reason);
+        self.note_failure(domain, bye);
+        let id = run.peer.id;
+        self.outbound.remove_if(domain, |_, p| p.id == id);
+        for call in crate::peer::close_outbox(&mut run.outbox.rx, Vec::new()) {
+            run.router.remote_bye(id, &call, bye);
+        }
+    }
+
+    fn note_failure(&self, domain: &str, bye: ServerBye) {
+        let mut b = self.backoff.entry(domain.to_string()).or_insert(Backoff {
+            failures: 0,
+            until: Instant::now(),
+            bye,
+        });
+        b.failures = b.failures.saturating_add(1);
+        let delay = FIRST_BACKOFF
+            .saturating_mul(1u32 << (b.failures - 1).min(16))
+            .min(self.fed.backoff_max);
+        b.until = Instant::now() + delay;
+        b.bye = bye;
+        debug!(failures = b.failures, ?delay, "backing off");
+    }
+
+    /// Runs an accepted link from `origin` to its end.
+    pub async fn run_inbound<S>(
+        &self,
+        router: &Arc<Router>,
+        mut ws: WebSocketStream<S>,
+        origin: String,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (_, run) = self.new_link(
+            router,
+            Direction::In,
+            origin.clone(),
+            |id| info_span!(parent: None, "link", dir = "in", peer = %origin, id),
+        );
+        info!(parent: &run.span, "link accepted");
+        link::run(&mut ws, run, &self.pump, &self.shutdown, || {}).await;
+    }
+}
+
+impl Remote for Links {
+    /// The link to `domain` for a new call: the one up or being opened, or
+    /// a new one. Refused at once by policy or while backing off.
+    fn peer_for(self: Arc<Self>, router: &Arc<Router>, domain: &str) -> Result<Peer, ServerBye> {
+        if !self.allows(domain) {
+            return Err(ServerBye::POLICY);
+        }
+        if let Some(p) = self.outbound.get(domain) {
+            return Ok(p.clone());
+        }
+        if let Some(b) = self.backoff.get(domain)
+            && Instant::now() < b.until
+        {
+            return Err(b.bye);
+        }
+        let run = match self.outbound.entry(domain.to_string()) {
+            Entry::Occupied(e) => return Ok(e.get().clone()),
+            Entry::Vacant(v) => {
+                let (peer, run) = self.new_link(
+                    router,
+                    Direction::Out,
+                    domain.to_string(),
+                    |id| info_span!(parent: None, "link", dir = "out", peer = %domain, id),
+                );
+                v.insert(peer);
+                run
+            }
+        };
+        let peer = run.peer.clone();
+        let domain = domain.to_string();
+        let tasks = self.tasks.clone();
+        tasks.spawn(async move { self.run_outbound(domain, run).await });
+        Ok(peer)
+    }
+}

@@ -1,0 +1,444 @@
+//! The WebSocket pump shared by every socket: client sockets and links.
+//!
+//! [`pump`] reads messages into a [`Handler`] (what the frames mean is the
+//! handler's business), writes the peer's outbox in batches, pings a quiet
+//! socket and drops a silent one, and returns why it ended; [`close_socket`]
+//! then sends the close frame. Each of those is a small function here; the
+//! loop only chooses which runs next.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+use tracing::{Span, debug, info};
+
+use crate::address::CallId;
+use crate::config::Limits;
+use crate::frame::{Close, CloseCode, FrameError};
+use crate::metrics::{Metrics, Refusal};
+use crate::peer::Out;
+
+/// The read buffer every socket holds: candidates and most frames fit, a
+/// larger SDP grows it for the frame (tungstenite reserves the frame's
+/// length once its header is read). It is allocated with the socket and
+/// zero-filled before each read, so it is both the largest part of an idle
+/// socket's memory and a per-read cost.
+const READ_BUFFER: usize = 2048;
+/// How many queued messages are written before one flush.
+const WRITE_BATCH: usize = 64;
+/// Frames are staged in the socket's write buffer until it holds this
+/// much, or the batch ends: a batch goes out in one write, not one per
+/// frame. The buffer is allocated on the first write, so an idle socket
+/// does not pay for it.
+const WRITE_BUFFER: usize = 16 * 1024;
+/// How long a socket may take to write what was queued for it when the
+/// server shuts down.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+/// How long the other side has to answer a close.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// What a socket does with what it reads: a client session or a link.
+pub trait Handler {
+    /// A text message arrived. An error closes the socket with it (the
+    /// handler has counted why).
+    fn on_text(&mut self, text: &str) -> Result<(), Close>;
+    /// The peer became a party of this call (queued before its first frame).
+    fn on_attach(&mut self, id: CallId);
+    /// The call is over for this peer.
+    fn on_detach(&mut self, id: CallId);
+    /// Called on each keepalive wake-up and at [`Handler::wake_at`];
+    /// `Some` closes the socket.
+    fn on_tick(&mut self, _now: Instant) -> Option<Close> {
+        None
+    }
+    /// A time the handler wants [`Handler::on_tick`] called by, if any.
+    fn wake_at(&self) -> Option<Instant> {
+        None
+    }
+    fn metrics(&self) -> &Metrics;
+    /// The socket's span: the parent of what is logged about it. Events
+    /// name it as their parent rather than the task entering it: a task
+    /// entered for every poll would pay two trips through the subscriber
+    /// per frame.
+    fn span(&self) -> &Span;
+}
+
+/// A frame that could not be decoded: counted, and the close it causes.
+pub fn bad_frame(e: FrameError, metrics: &Metrics) -> Close {
+    metrics.refused(match e {
+        FrameError::NotJson => Refusal::BadJson,
+        _ => Refusal::BadFrame,
+    });
+    Close::from(e)
+}
+
+/// The socket timings and sizes [`pump`] keeps.
+#[derive(Debug, Clone)]
+pub struct PumpConfig {
+    pub ping_after: Duration,
+    pub dead_after: Duration,
+    pub max_frame_bytes: usize,
+}
+
+impl PumpConfig {
+    pub fn from_limits(l: &Limits) -> Self {
+        PumpConfig {
+            ping_after: l.keepalive_ping,
+            dead_after: l.keepalive_timeout,
+            max_frame_bytes: l.max_frame_bytes,
+        }
+    }
+}
+
+/// Buffers sized for signalling. tungstenite's default read buffer is
+/// 128 KiB per socket; [`READ_BUFFER`] grows on demand up to the frame
+/// limit for a large SDP. Writes are staged up to [`WRITE_BUFFER`] so that
+/// a batch of frames leaves in one system call (one TLS record) at its
+/// flush. See docs/performance.md.
+pub fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(max_frame_bytes.saturating_mul(4).max(1 << 20))
+        .max_message_size(Some(max_frame_bytes))
+        .max_frame_size(Some(max_frame_bytes))
+}
+
+/// Drives one socket: reads frames into `h`, writes the outbox in batches,
+/// pings when quiet, drops the silent. Returns why it ended: `Some` when
+/// the server decided to close (the caller sends the close frame with
+/// [`close_socket`]), `None` when the socket ended by itself.
+///
+/// `kill` must be a child of `shutdown` (`shutdown.child_token()`): it ends
+/// this socket alone (a reader too slow), and the server's shutdown ends it
+/// with every other. One token is polled per turn of the loop, not two.
+pub async fn pump<S, H>(
+    ws: &mut WebSocketStream<S>,
+    rx: &mut mpsc::Receiver<Out>,
+    kill: &CancellationToken,
+    shutdown: &CancellationToken,
+    cfg: &PumpConfig,
+    h: &mut H,
+) -> Option<Close>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let mut keep = Keepalive::new(cfg);
+    let timer = sleep_until(keep.next(Instant::now(), None));
+    tokio::pin!(timer);
+    // Grows on the first frame: an idle socket holds no batch buffer.
+    let mut batch: Vec<Out> = Vec::new();
+    // Registered once: a fresh `cancelled()` in every turn of the loop
+    // would take the token's locks to register and unregister its waker
+    // for every frame.
+    let ended = kill.cancelled();
+    tokio::pin!(ended);
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut ended => {
+                if !shutdown.is_cancelled() {
+                    return Some(Close::new(CloseCode::Policy, "reading too slowly: outbox full"));
+                }
+                // Boxed: it runs once, at shutdown, and unboxed it would
+                // make every socket's task larger for good.
+                Box::pin(flush_for_shutdown(ws, rx, &mut batch, h)).await;
+                return Some(Close::new(CloseCode::GoingAway, "server shutting down"));
+            }
+            n = rx.recv_many(&mut batch, WRITE_BATCH) => {
+                if n == 0 {
+                    return None;
+                }
+                // The batch first: it usually completes at once, and the
+                // token is only polled while the socket cannot take it.
+                let res = tokio::select! {
+                    biased;
+                    r = write_batch(ws, &mut batch, h) => r,
+                    _ = &mut ended => Err(WsError::ConnectionClosed),
+                };
+                if res.is_err() {
+                    return None;
+                }
+                // Attach/detach may have moved the handler's own deadline.
+                if let Some(w) = h.wake_at()
+                    && w < timer.deadline()
+                {
+                    timer.as_mut().reset(w);
+                }
+            }
+            msg = ws.next() => {
+                if let Some(next) = keep.heard(Instant::now()) {
+                    timer.as_mut().reset(next);
+                }
+                match read(msg, h, cfg.max_frame_bytes) {
+                    Read::Go => {}
+                    Read::End(close) => return close,
+                    Read::AnswerClose => {
+                        // tungstenite has queued the answer to the peer's
+                        // close; send it before hanging up, or the peer
+                        // sees an unclean close (a browser reports 1006).
+                        let _ = tokio::time::timeout(CLOSE_WAIT, ws.flush()).await;
+                        return None;
+                    }
+                }
+            }
+            () = &mut timer => {
+                let now = Instant::now();
+                match keep.due(now, h) {
+                    Due::Nothing => {}
+                    Due::Dead => return None,
+                    Due::Close(c) => return Some(c),
+                    Due::Ping => {
+                        if ws.send(Message::Ping(Default::default())).await.is_err() {
+                            return None;
+                        }
+                    }
+                }
+                timer.as_mut().reset(keep.next(now, h.wake_at()));
+            }
+        }
+    }
+}
+
+/// What one read from the socket leads to.
+enum Read {
+    /// Keep going.
+    Go,
+    /// The socket is over: closed by the server with this frame, or
+    /// (`None`) ended by itself.
+    End(Option<Close>),
+    /// The peer sent a close frame: answer it, then end.
+    AnswerClose,
+}
+
+/// Hands a text message to the handler; refuses anything else.
+fn read<H: Handler>(msg: Option<Result<Message, WsError>>, h: &mut H, max_frame: usize) -> Read {
+    let refuse = |h: &H, why: Refusal, close: Close| {
+        h.metrics().refused(why);
+        Read::End(Some(close))
+    };
+    match msg {
+        None => Read::End(None),
+        Some(Ok(Message::Text(text))) => match h.on_text(text.as_str()) {
+            Ok(()) => Read::Go,
+            Err(c) => Read::End(Some(c)),
+        },
+        Some(Ok(Message::Binary(_))) => refuse(
+            h,
+            Refusal::Binary,
+            Close::new(
+                CloseCode::Unsupported,
+                "binary messages are not accepted: send JSON text",
+            ),
+        ),
+        Some(Ok(Message::Close(_))) => Read::AnswerClose,
+        Some(Ok(_)) => Read::Go, // ping (answered by tungstenite), pong
+        Some(Err(WsError::Capacity(_))) => refuse(
+            h,
+            Refusal::TooBig,
+            Close::new(CloseCode::TooBig, format!("message over {max_frame} bytes")),
+        ),
+        Some(Err(WsError::Utf8(_))) => refuse(
+            h,
+            Refusal::BadJson,
+            Close::new(CloseCode::NotJson, "text message is not UTF-8"),
+        ),
+        Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+            // The connection ended without a close frame (a tab killed, a
+            // network lost): nothing to answer.
+            debug!(parent: h.span(), "connection ended without a close frame");
+            Read::End(None)
+        }
+        Some(Err(WsError::Protocol(e))) => refuse(
+            h,
+            Refusal::BadFrame,
+            Close::new(
+                CloseCode::Protocol,
+                format!("WebSocket protocol error: {e}"),
+            ),
+        ),
+        Some(Err(e)) => {
+            debug!(parent: h.span(), error = %e, "socket error");
+            Read::End(None)
+        }
+    }
+}
+
+/// When to ping a quiet socket and when to give up on a silent one.
+struct Keepalive {
+    last_heard: Instant,
+    pinged: bool,
+    ping_after: Duration,
+    dead_after: Duration,
+}
+
+/// What the keepalive timer found due.
+enum Due {
+    Nothing,
+    /// Quiet for `ping_after`: send a ping.
+    Ping,
+    /// Pinged and still silent at `dead_after`: drop the socket.
+    Dead,
+    /// The handler's own deadline closes the socket.
+    Close(Close),
+}
+
+impl Keepalive {
+    fn new(cfg: &PumpConfig) -> Self {
+        Keepalive {
+            last_heard: Instant::now(),
+            pinged: false,
+            ping_after: cfg.ping_after,
+            dead_after: cfg.dead_after,
+        }
+    }
+
+    /// Something was read. Returns the timer's new deadline when it moved:
+    /// once pinged, the timer waits for the dead line; heard again, the
+    /// next ping is due after `ping_after` of quiet, not 25 s later.
+    fn heard(&mut self, now: Instant) -> Option<Instant> {
+        self.last_heard = now;
+        if !self.pinged {
+            return None;
+        }
+        self.pinged = false;
+        Some(now + self.ping_after)
+    }
+
+    fn due<H: Handler>(&mut self, now: Instant, h: &mut H) -> Due {
+        if self.pinged && now >= self.last_heard + self.dead_after {
+            h.metrics().refused(Refusal::Silent);
+            info!(parent: h.span(), "silent for too long: dropping");
+            return Due::Dead;
+        }
+        if let Some(c) = h.on_tick(now) {
+            return Due::Close(c);
+        }
+        if !self.pinged && now >= self.last_heard + self.ping_after {
+            self.pinged = true;
+            return Due::Ping;
+        }
+        Due::Nothing
+    }
+
+    /// When the timer should fire next: the keepalive's own line, or the
+    /// handler's deadline if sooner (but not in a busy loop).
+    fn next(&self, now: Instant, wake: Option<Instant>) -> Instant {
+        let next = self.last_heard
+            + if self.pinged {
+                self.dead_after
+            } else {
+                self.ping_after
+            };
+        wake.map_or(next, |w| w.max(now + Duration::from_millis(10)).min(next))
+    }
+}
+
+/// Writes what was queued before the shutdown (the calls' byes 503) before
+/// the close frame, within [`SHUTDOWN_FLUSH`].
+async fn flush_for_shutdown<S, H>(
+    ws: &mut WebSocketStream<S>,
+    rx: &mut mpsc::Receiver<Out>,
+    batch: &mut Vec<Out>,
+    h: &mut H,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let flush = async {
+        while let Ok(out) = rx.try_recv() {
+            batch.push(out);
+            if batch.len() == WRITE_BATCH {
+                write_batch(ws, batch, h).await?;
+            }
+        }
+        write_batch(ws, batch, h).await
+    };
+    let _ = tokio::time::timeout(SHUTDOWN_FLUSH, flush).await;
+}
+
+/// Writes queued frames with one flush, and applies attach/detach.
+async fn write_batch<S, H>(
+    ws: &mut WebSocketStream<S>,
+    batch: &mut Vec<Out>,
+    h: &mut H,
+) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let mut wrote = false;
+    for out in batch.drain(..) {
+        match out {
+            Out::Frame(text) => {
+                ws.feed(Message::Text(text)).await?;
+                wrote = true;
+            }
+            Out::Attach(id) => h.on_attach(id),
+            Out::Detach(id) => h.on_detach(id),
+        }
+    }
+    if wrote {
+        ws.flush().await?;
+    }
+    Ok(())
+}
+
+/// Sends the close frame (when there is one) and gives the other side a
+/// moment to answer it.
+pub async fn close_socket<S>(ws: &mut WebSocketStream<S>, close: Option<Close>, span: &Span)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(Close { code, reason }) = close else {
+        info!(parent: span, "disconnected");
+        return;
+    };
+    info!(parent: span, code = code.get(), reason = %reason, "closing");
+    let frame = CloseFrame {
+        code: WsCloseCode::from(code.get()),
+        reason: close_reason(reason.into_owned()).into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        if ws.close(Some(frame)).await.is_ok() {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+}
+
+/// A close reason fits in a control frame: 123 bytes at most, cut on a
+/// character boundary.
+fn close_reason(mut reason: String) -> String {
+    const MAX: usize = 123;
+    if reason.len() > MAX {
+        let mut end = MAX - 3;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push_str("...");
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        let long = "é".repeat(100);
+        let r = super::close_reason(long);
+        assert!(r.len() <= 123 && r.ends_with("..."), "{}", r.len());
+        assert_eq!(super::close_reason("short".into()), "short");
+    }
+}
