@@ -560,3 +560,89 @@ async fn peer_process_killed_mid_call() {
         1.0
     );
 }
+
+/// Every refusal of an invite is counted in `wspd_calls_total` the same
+/// way whether it came from a client socket or over a link; refusals on a
+/// link also count for the link's origin in `wspd_remote_calls_total`.
+#[tokio::test]
+async fn invite_refusals_are_counted_alike_on_sockets_and_links() {
+    let net = Net::new("fed-refusals").await;
+    let _a = net.server("a.test", "").await;
+    let b = net
+        .server(
+            "b.test",
+            "invites_per_second = 1\ninvite_burst = 4\ncalls_per_link = 1\n\
+             [limits]\ncalls_per_socket = 1\n",
+        )
+        .await;
+    let mut bob = b.connect_online("bob@b.test").await;
+    let a_key = LinkKey::load_or_create(&net.key_path("a.test")).unwrap();
+    let (tls, exporter) = tls_to(b.addr(), "b.test").await;
+    let auth = a_key.authorize("a.test", "b.test", &exporter);
+    let mut link = link_upgrade(tls, "b.test", &auth.to_header())
+        .await
+        .unwrap();
+
+    // On the link: a bad address, a caller not of the origin, one call
+    // taken, then the link's limits (calls in flight, then the rate; which
+    // of the two refuses the last depends on the clock, both are 503).
+    link.send(invite("not-an-address", "bob@b.test", "link-bad-1"))
+        .await;
+    link.expect_bye(400).await;
+    link.send(invite("mallory@c.test", "bob@b.test", "link-spoof-1"))
+        .await;
+    link.expect_bye(403).await;
+    link.send(invite("alice@a.test", "bob@b.test", "link-call-1"))
+        .await;
+    bob.expect("invite").await;
+    for id in ["link-full-1", "link-full-2"] {
+        link.send(invite("alice@a.test", "bob@b.test", id)).await;
+        link.expect_bye(503).await;
+    }
+
+    // On a socket: a spoofed caller, a bad callee, and one call too many.
+    let mut carol = b.connect_online("carol@b.test").await;
+    carol
+        .send(invite("mallory@b.test", "bob@b.test", "sock-spoof-1"))
+        .await;
+    carol.expect_bye(403).await;
+    carol
+        .send(invite("carol@b.test", "bob@@b.test", "sock-bad-1"))
+        .await;
+    carol.expect_bye(400).await;
+    carol
+        .send(invite("carol@b.test", "bob@b.test", "sock-call-1"))
+        .await;
+    bob.expect("invite").await;
+    carol
+        .send(invite("carol@b.test", "bob@b.test", "sock-full-1"))
+        .await;
+    carol.expect_bye(503).await;
+    bob.expect_nothing().await;
+
+    let m = b.metrics().await;
+    let calls =
+        |outcome: &str| metric_value(&m, &format!("wspd_calls_total{{outcome=\"{outcome}\"}}"));
+    assert_eq!(calls("bad_request"), 2.0, "{m}");
+    assert_eq!(calls("forbidden"), 2.0, "{m}");
+    assert_eq!(calls("unavailable"), 3.0, "{m}");
+    let remote = |outcome: &str| {
+        metric_value(
+            &m,
+            &format!("wspd_remote_calls_total{{domain=\"a.test\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(remote("bad_request"), 1.0, "{m}");
+    assert_eq!(remote("forbidden"), 1.0, "{m}");
+    assert_eq!(remote("unavailable"), 2.0, "{m}");
+    let limit =
+        |name: &str| metric_value(&m, &format!("wspd_limits_hit_total{{limit=\"{name}\"}}"));
+    assert!(limit("calls_per_link") >= 1.0, "{m}");
+    assert_eq!(
+        limit("calls_per_link") + limit("invites_per_second"),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(limit("calls_per_socket"), 1.0, "{m}");
+    assert_eq!(metric_value(&m, "wspd_calls_active"), 2.0, "{m}");
+}
