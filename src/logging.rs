@@ -2,7 +2,7 @@
 //! the level `RUST_LOG` asks for (`info` by default).
 //!
 //! Socket, link and call events name their span as their parent instead of
-//! running inside it (see [`crate::session::Handler::span`]), so the spans
+//! running inside it (see [`crate::socket::Handler::span`]), so the spans
 //! cost nothing per frame; a line still shows its context:
 //! `INFO call{id=... caller=... callee=...}: call ended outcome="transferred"`.
 

@@ -1,6 +1,6 @@
-//! The listener: accepts connections under a limit, terminates TLS when
-//! configured, serves HTTP (hyper) and upgrades `/wsp` to a WebSocket after
-//! authenticating it.
+//! The server: [`Server`] binds, runs and drains; its listener accepts
+//! connections under a limit, terminates TLS when configured, serves HTTP
+//! (hyper) and upgrades `/wsp` to a WebSocket after authenticating it.
 //!
 //! Routes: `GET /wsp`, `POST /token`, `GET /healthz`, `GET /metrics`.
 
@@ -19,6 +19,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -27,14 +28,122 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::App;
 use crate::address::Address;
+use crate::app::{App, StartError};
 use crate::auth::TokenError;
+use crate::config::Config;
 use crate::federation::keys;
 use crate::frame::SUBPROTOCOL;
 use crate::limits::{IpSlot, PerIp};
 use crate::metrics::Refusal;
 use crate::{session, socket};
+/// A server ready to run: configuration checked, files loaded, socket bound.
+pub struct Server {
+    app: Arc<App>,
+    listener: TcpListener,
+}
+
+/// The one handle that stops a server: cheap to clone, for signal
+/// handlers and tests.
+#[derive(Clone)]
+pub struct Drain(Arc<App>);
+
+impl Drain {
+    /// Begins the graceful shutdown ([`App::drain`]); [`Server::run`]
+    /// returns when it is over.
+    pub fn start(&self) {
+        self.0.drain();
+    }
+}
+
+/// A server running in the background.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    /// Stops it: accepting ends, sockets close with 1001.
+    pub drain: Drain,
+    /// Ends when every connection has finished.
+    pub handle: JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `config.listen` and builds the server.
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartError::Bind(config.listen, e))?;
+        Server::build(config, listener)
+    }
+
+    /// Builds the server on a listener the caller bound (tests use port 0).
+    pub fn build(config: Config, listener: TcpListener) -> Result<Server, StartError> {
+        Ok(Server {
+            app: Arc::new(App::build(config)?),
+            listener,
+        })
+    }
+
+    /// The shared state (for reloads and tests).
+    pub fn app(&self) -> Arc<App> {
+        self.app.clone()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound listener always has an address.
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The handle that stops this server.
+    pub fn drain(&self) -> Drain {
+        Drain(self.app.clone())
+    }
+
+    /// Serves until the server drains ([`Drain::start`]), then shuts down
+    /// gracefully: stops accepting, ends every untransferred call with bye
+    /// 503, closes sockets and links with 1001, and returns when every
+    /// connection has finished or `limits.shutdown_grace` has passed.
+    pub async fn run(self) {
+        let tasks = self.app.tasks.clone();
+        let grace = self.app.config.limits.shutdown_grace;
+        let scheme = if self.app.tls_acceptor().is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
+        info!(
+            domain = %self.app.config.domain,
+            "listening on {scheme}://{}/wsp",
+            self.local_addr()
+        );
+        accept_loop(self.app, self.listener).await;
+        tasks.close();
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            tracing::warn!(
+                left = tasks.len(),
+                ?grace,
+                "shutdown grace over: leaving the rest"
+            );
+        }
+        info!("stopped");
+    }
+
+    /// Runs in a background task.
+    pub fn spawn(self) -> Running {
+        let addr = self.local_addr();
+        let app = self.app.clone();
+        let drain = self.drain();
+        let handle = tokio::spawn(self.run());
+        Running {
+            addr,
+            app,
+            drain,
+            handle,
+        }
+    }
+}
+
 /// The largest `POST /token` body.
 const MAX_LOGIN_BODY: usize = 4096;
 /// hyper's read buffer bounds the request head.

@@ -1,0 +1,181 @@
+//! What every connection shares ([`App`]): the config, the router, the
+//! links, the metrics, the tokens, the TLS acceptor, the shutdown token and
+//! the task tracker; built once from the config. It also holds the two
+//! things that change a running server: the drain (graceful shutdown) and
+//! the SIGHUP reload.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::auth::{Tokens, UsersError, UsersFile};
+use crate::config::Config;
+use crate::federation::links::{Links, LinksError};
+use crate::metrics::Metrics;
+use crate::router::{Remote, Router};
+
+/// Everything a connection needs, shared by all of them.
+pub struct App {
+    pub config: Config,
+    pub router: Arc<Router>,
+    pub metrics: Arc<Metrics>,
+    pub tokens: Tokens,
+    /// The users file, when `[auth] users` is set.
+    pub users: Option<Arc<UsersFile>>,
+    /// Bounds concurrent password checks.
+    pub login_gate: Semaphore,
+    /// Links to other domains, when `[federation]` is configured.
+    pub links: Option<Arc<Links>>,
+    /// Cancelled when the server drains (see [`App::drain`]): the accept
+    /// loop, every socket and every link watch it.
+    pub shutdown: CancellationToken,
+    /// The drain has begun.
+    draining: AtomicBool,
+    /// Every connection, session and link task.
+    pub tasks: TaskTracker,
+    /// The TLS acceptor for new connections, replaced on reload.
+    tls: std::sync::RwLock<Option<TlsAcceptor>>,
+}
+
+impl App {
+    /// Loads what the config names (users file, TLS certificate, link
+    /// key) and builds the shared state.
+    pub fn build(config: Config) -> Result<App, StartError> {
+        let users = match &config.auth.users {
+            Some(path) => Some(Arc::new(UsersFile::load(path)?)),
+            None => None,
+        };
+        let known: Option<HashSet<String>> =
+            users.as_ref().map(|u| u.users.keys().cloned().collect());
+        let tls = config.tls.as_ref().map(load_tls).transpose()?;
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let links = match &config.federation {
+            Some(fed) => Some(Arc::new(Links::new(
+                &config,
+                fed,
+                metrics.clone(),
+                shutdown.clone(),
+                tasks.clone(),
+            )?)),
+            None => None,
+        };
+        let remote = links.clone().map(|l| l as Arc<dyn Remote>);
+        let router = Arc::new(Router::new(
+            config.domain.clone(),
+            config.limits.clone(),
+            known,
+            metrics.clone(),
+            remote,
+            tasks.clone(),
+        ));
+        let app = App {
+            tokens: Tokens::new(&config.domain, &config.auth.secret),
+            config,
+            router,
+            metrics,
+            users,
+            login_gate: Semaphore::new(2),
+            links,
+            shutdown,
+            draining: AtomicBool::new(false),
+            tasks,
+            tls: std::sync::RwLock::new(tls),
+        };
+        Ok(app)
+    }
+
+    /// Begins the graceful shutdown, once: every untransferred call ends
+    /// with bye 503 (queued in the parties' outboxes), then the shutdown
+    /// token tells the accept loop, sockets and links, which write what is
+    /// queued for them and close with 1001.
+    pub fn drain(&self) {
+        if self.draining.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let calls = self.router.shutdown_calls();
+        info!(calls, "shutting down: untransferred calls ended with 503");
+        self.shutdown.cancel();
+    }
+
+    /// The TLS acceptor new connections use (None: plain TCP).
+    pub fn tls_acceptor(&self) -> Option<TlsAcceptor> {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Applies what can change without a restart (SIGHUP): the TLS
+    /// certificate and key, and the federation allow/deny lists. Sockets and
+    /// links stay up; new connections get the new certificate. Returns the
+    /// keys whose change was ignored because it needs a restart. On error
+    /// nothing is changed.
+    pub fn reload(&self, new: &Config) -> Result<Vec<&'static str>, StartError> {
+        let old = &self.config;
+        let mut ignored = Vec::new();
+        if new.domain != old.domain {
+            ignored.push("domain");
+        }
+        if new.listen != old.listen {
+            ignored.push("listen");
+        }
+        if new.tls.is_some() != old.tls.is_some() {
+            ignored.push("tls");
+        }
+        if new.federation.is_some() != old.federation.is_some() {
+            ignored.push("federation");
+        }
+        let tls = match (&new.tls, &old.tls) {
+            (Some(t), Some(_)) => Some(load_tls(t)?),
+            _ => None,
+        };
+        if let Some(acceptor) = tls {
+            *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Some(acceptor);
+        }
+        if let (Some(links), Some(fed)) = (&self.links, &new.federation) {
+            links.set_policy(fed.allow.clone(), fed.deny.clone());
+        }
+        info!(ignored = ?ignored, "configuration reloaded: TLS certificate and federation policy");
+        Ok(ignored)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Users(#[from] UsersError),
+    #[error("[tls]: {0}")]
+    Tls(String),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error(transparent)]
+    Links(#[from] LinksError),
+}
+
+fn load_tls(tls: &crate::config::Tls) -> Result<TlsAcceptor, StartError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| StartError::Tls(format!("cert {}: {e}", tls.cert.display())))?;
+    if certs.is_empty() {
+        return Err(StartError::Tls(format!(
+            "cert {}: no certificate in it",
+            tls.cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| StartError::Tls(format!("key {}: {e}", tls.key.display())))?;
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
