@@ -319,109 +319,13 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         let domain = normalize_domain(&raw.domain)
             .ok_or_else(|| invalid("domain", format!("{:?} is not a domain name", raw.domain)))?;
-        let listen: SocketAddr = raw.listen.parse().map_err(|_| {
-            invalid(
-                "listen",
-                format!(
-                    "{:?} is not an address:port such as 127.0.0.1:8080",
-                    raw.listen
-                ),
-            )
-        })?;
-
-        let secret = raw.auth.secret;
-        if secret.len() < 32 {
-            return Err(invalid("auth.secret", "must be at least 32 bytes"));
-        }
-        if secret == DEV_SECRET && !listen.ip().is_loopback() {
-            return Err(invalid(
-                "auth.secret",
-                format!(
-                    "this is the published development secret; refusing to use it on {listen}, \
-                     which is not a loopback address. Set a secret of your own."
-                ),
-            ));
-        }
-        let token_ttl = raw
-            .auth
-            .token_ttl
-            .map_or(Duration::from_secs(12 * 3600), |d| d.0);
-        if token_ttl.is_zero() {
-            return Err(invalid("auth.token_ttl", "must be more than zero"));
-        }
-        let auth = Auth {
-            secret,
-            token_ttl,
-            users: raw.auth.users.map(|p| base.join(p)),
-        };
+        let listen = listen(&raw.listen)?;
+        let auth = auth(raw.auth, listen, base)?;
         let tls = raw.tls.map(|t| Tls {
             cert: base.join(t.cert),
             key: base.join(t.key),
         });
-
-        let d = Limits::default();
-        let l = raw.limits;
-        let limits = Limits {
-            max_frame_bytes: l.max_frame_bytes.unwrap_or(d.max_frame_bytes),
-            max_connections: l.max_connections.unwrap_or(d.max_connections),
-            ring_timeout: l.ring_timeout.map_or(d.ring_timeout, |x| x.0),
-            calls_per_socket: l.calls_per_socket.unwrap_or(d.calls_per_socket),
-            outbox_frames: l.outbox_frames.unwrap_or(d.outbox_frames),
-            handshake_timeout: l.handshake_timeout.map_or(d.handshake_timeout, |x| x.0),
-            keepalive_ping: l.keepalive_ping.map_or(d.keepalive_ping, |x| x.0),
-            keepalive_timeout: l.keepalive_timeout.map_or(d.keepalive_timeout, |x| x.0),
-            login_failure_delay: l.login_failure_delay.map_or(d.login_failure_delay, |x| x.0),
-            shutdown_grace: l.shutdown_grace.map_or(d.shutdown_grace, |x| x.0),
-            connections_per_ip: l.connections_per_ip.unwrap_or(d.connections_per_ip),
-            frames_per_second: l.frames_per_second.unwrap_or(d.frames_per_second),
-            frame_burst: l.frame_burst.unwrap_or(d.frame_burst),
-            pending_invites_per_user: l
-                .pending_invites_per_user
-                .unwrap_or(d.pending_invites_per_user),
-        };
-        if !(1024..=16 * 1024 * 1024).contains(&limits.max_frame_bytes) {
-            return Err(invalid(
-                "limits.max_frame_bytes",
-                "must be 1024 to 16777216",
-            ));
-        }
-        for (key, v) in [
-            ("limits.max_connections", limits.max_connections),
-            ("limits.calls_per_socket", limits.calls_per_socket),
-            ("limits.outbox_frames", limits.outbox_frames),
-            (
-                "limits.connections_per_ip",
-                limits.connections_per_ip as usize,
-            ),
-            (
-                "limits.frames_per_second",
-                limits.frames_per_second as usize,
-            ),
-            ("limits.frame_burst", limits.frame_burst as usize),
-            (
-                "limits.pending_invites_per_user",
-                limits.pending_invites_per_user,
-            ),
-        ] {
-            if v == 0 {
-                return Err(invalid(key, "must be at least 1"));
-            }
-        }
-        for (key, v) in [
-            ("limits.ring_timeout", limits.ring_timeout),
-            ("limits.handshake_timeout", limits.handshake_timeout),
-            ("limits.keepalive_ping", limits.keepalive_ping),
-        ] {
-            if v.is_zero() {
-                return Err(invalid(key, "must be more than zero"));
-            }
-        }
-        if limits.keepalive_timeout <= limits.keepalive_ping {
-            return Err(invalid(
-                "limits.keepalive_timeout",
-                "must be longer than limits.keepalive_ping",
-            ));
-        }
+        let limits = limits(raw.limits)?;
         let federation = match raw.federation {
             None => None,
             Some(f) => {
@@ -448,20 +352,159 @@ impl Config {
     }
 }
 
+fn listen(raw: &str) -> Result<SocketAddr, ConfigError> {
+    raw.parse().map_err(|_| {
+        invalid(
+            "listen",
+            format!("{raw:?} is not an address:port such as 127.0.0.1:8080"),
+        )
+    })
+}
+
+/// `[auth]`; the development secret is refused unless `listen` is
+/// loopback.
+fn auth(a: RawAuth, listen: SocketAddr, base: &Path) -> Result<Auth, ConfigError> {
+    let secret = a.secret;
+    if secret.len() < 32 {
+        return Err(invalid("auth.secret", "must be at least 32 bytes"));
+    }
+    if secret == DEV_SECRET && !listen.ip().is_loopback() {
+        return Err(invalid(
+            "auth.secret",
+            format!(
+                "this is the published development secret; refusing to use it on {listen}, \
+                 which is not a loopback address. Set a secret of your own."
+            ),
+        ));
+    }
+    let token_ttl = a.token_ttl.map_or(Duration::from_secs(12 * 3600), |d| d.0);
+    if token_ttl.is_zero() {
+        return Err(invalid("auth.token_ttl", "must be more than zero"));
+    }
+    Ok(Auth {
+        secret,
+        token_ttl,
+        users: a.users.map(|p| base.join(p)),
+    })
+}
+
+/// `[limits]`: each key given, or its default, then checked.
+fn limits(l: RawLimits) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    let limits = Limits {
+        max_frame_bytes: l.max_frame_bytes.unwrap_or(d.max_frame_bytes),
+        max_connections: l.max_connections.unwrap_or(d.max_connections),
+        ring_timeout: l.ring_timeout.map_or(d.ring_timeout, |x| x.0),
+        calls_per_socket: l.calls_per_socket.unwrap_or(d.calls_per_socket),
+        outbox_frames: l.outbox_frames.unwrap_or(d.outbox_frames),
+        handshake_timeout: l.handshake_timeout.map_or(d.handshake_timeout, |x| x.0),
+        keepalive_ping: l.keepalive_ping.map_or(d.keepalive_ping, |x| x.0),
+        keepalive_timeout: l.keepalive_timeout.map_or(d.keepalive_timeout, |x| x.0),
+        login_failure_delay: l.login_failure_delay.map_or(d.login_failure_delay, |x| x.0),
+        shutdown_grace: l.shutdown_grace.map_or(d.shutdown_grace, |x| x.0),
+        connections_per_ip: l.connections_per_ip.unwrap_or(d.connections_per_ip),
+        frames_per_second: l.frames_per_second.unwrap_or(d.frames_per_second),
+        frame_burst: l.frame_burst.unwrap_or(d.frame_burst),
+        pending_invites_per_user: l
+            .pending_invites_per_user
+            .unwrap_or(d.pending_invites_per_user),
+    };
+    check_limits(&limits)?;
+    Ok(limits)
+}
+
+fn check_limits(limits: &Limits) -> Result<(), ConfigError> {
+    if !(1024..=16 * 1024 * 1024).contains(&limits.max_frame_bytes) {
+        return Err(invalid(
+            "limits.max_frame_bytes",
+            "must be 1024 to 16777216",
+        ));
+    }
+    at_least_one(&[
+        ("limits.max_connections", limits.max_connections),
+        ("limits.calls_per_socket", limits.calls_per_socket),
+        ("limits.outbox_frames", limits.outbox_frames),
+        (
+            "limits.connections_per_ip",
+            limits.connections_per_ip as usize,
+        ),
+        (
+            "limits.frames_per_second",
+            limits.frames_per_second as usize,
+        ),
+        ("limits.frame_burst", limits.frame_burst as usize),
+        (
+            "limits.pending_invites_per_user",
+            limits.pending_invites_per_user,
+        ),
+    ])?;
+    more_than_zero(&[
+        ("limits.ring_timeout", limits.ring_timeout),
+        ("limits.handshake_timeout", limits.handshake_timeout),
+        ("limits.keepalive_ping", limits.keepalive_ping),
+    ])?;
+    if limits.keepalive_timeout <= limits.keepalive_ping {
+        return Err(invalid(
+            "limits.keepalive_timeout",
+            "must be longer than limits.keepalive_ping",
+        ));
+    }
+    Ok(())
+}
+
+/// The first of these counts that is zero, as an error naming its key.
+fn at_least_one(counts: &[(&'static str, usize)]) -> Result<(), ConfigError> {
+    match counts.iter().find(|(_, v)| *v == 0) {
+        Some(&(key, _)) => Err(invalid(key, "must be at least 1")),
+        None => Ok(()),
+    }
+}
+
+/// The first of these durations that is zero, as an error naming its key.
+fn more_than_zero(durations: &[(&'static str, Duration)]) -> Result<(), ConfigError> {
+    match durations.iter().find(|(_, v)| v.is_zero()) {
+        Some(&(key, _)) => Err(invalid(key, "must be more than zero")),
+        None => Ok(()),
+    }
+}
+
+/// `[federation]`, with its defaults, then checked.
 fn federation(f: RawFederation, base: &Path) -> Result<Federation, ConfigError> {
-    let resolver = f
-        .resolver
-        .map(|r| {
-            r.parse::<SocketAddr>().map_err(|_| {
-                invalid(
-                    "federation.resolver",
-                    format!("{r:?} is not an ip:port such as 127.0.0.1:53"),
-                )
-            })
-        })
-        .transpose()?;
+    let fed = Federation {
+        key: base.join(f.key.unwrap_or_else(|| PathBuf::from("wspd-link.key"))),
+        resolver: f.resolver.map(resolver).transpose()?,
+        ca: f.ca.map(|c| base.join(c)),
+        peers: peers(f.peers)?,
+        allow: domains("federation.allow", f.allow)?,
+        deny: domains("federation.deny", f.deny)?,
+        lookup_timeout: f.lookup_timeout.map_or(Duration::from_secs(5), |d| d.0),
+        connect_timeout: f.connect_timeout.map_or(Duration::from_secs(5), |d| d.0),
+        link_idle_timeout: f
+            .link_idle_timeout
+            .map_or(Duration::from_secs(300), |d| d.0),
+        failure_cache: f.failure_cache.map_or(Duration::from_secs(5), |d| d.0),
+        backoff_max: f.backoff_max.map_or(Duration::from_secs(60), |d| d.0),
+        invites_per_second: f.invites_per_second.unwrap_or(100),
+        invite_burst: f.invite_burst.unwrap_or(200),
+        calls_per_link: f.calls_per_link.unwrap_or(10_000),
+    };
+    check_federation(&fed)?;
+    Ok(fed)
+}
+
+fn resolver(r: String) -> Result<SocketAddr, ConfigError> {
+    r.parse::<SocketAddr>().map_err(|_| {
+        invalid(
+            "federation.resolver",
+            format!("{r:?} is not an ip:port such as 127.0.0.1:53"),
+        )
+    })
+}
+
+/// `[federation.peers]`: domain = "host:port", both checked.
+fn peers(raw: BTreeMap<String, String>) -> Result<BTreeMap<String, HostPort>, ConfigError> {
     let mut peers = BTreeMap::new();
-    for (domain, hp) in f.peers {
+    for (domain, hp) in raw {
         let d = normalize_domain(&domain).ok_or_else(|| {
             invalid(
                 "federation.peers",
@@ -476,61 +519,40 @@ fn federation(f: RawFederation, base: &Path) -> Result<Federation, ConfigError> 
         })?;
         peers.insert(d, parsed);
     }
-    let domains = |key: &'static str, list: Vec<String>| -> Result<Vec<String>, ConfigError> {
-        list.into_iter()
-            .map(|d| {
-                normalize_domain(&d)
-                    .ok_or_else(|| invalid(key, format!("{d:?} is not a domain name")))
-            })
-            .collect()
-    };
-    let fed = Federation {
-        key: base.join(f.key.unwrap_or_else(|| PathBuf::from("wspd-link.key"))),
-        resolver,
-        ca: f.ca.map(|c| base.join(c)),
-        peers,
-        allow: domains("federation.allow", f.allow)?,
-        deny: domains("federation.deny", f.deny)?,
-        lookup_timeout: f.lookup_timeout.map_or(Duration::from_secs(5), |d| d.0),
-        connect_timeout: f.connect_timeout.map_or(Duration::from_secs(5), |d| d.0),
-        link_idle_timeout: f
-            .link_idle_timeout
-            .map_or(Duration::from_secs(300), |d| d.0),
-        failure_cache: f.failure_cache.map_or(Duration::from_secs(5), |d| d.0),
-        backoff_max: f.backoff_max.map_or(Duration::from_secs(60), |d| d.0),
-        invites_per_second: f.invites_per_second.unwrap_or(100),
-        invite_burst: f.invite_burst.unwrap_or(200),
-        calls_per_link: f.calls_per_link.unwrap_or(10_000),
-    };
-    for (key, v) in [
+    Ok(peers)
+}
+
+/// A list of domain names under `key`, normalised.
+fn domains(key: &'static str, list: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    list.into_iter()
+        .map(|d| {
+            normalize_domain(&d).ok_or_else(|| invalid(key, format!("{d:?} is not a domain name")))
+        })
+        .collect()
+}
+
+fn check_federation(fed: &Federation) -> Result<(), ConfigError> {
+    at_least_one(&[
         (
             "federation.invites_per_second",
             fed.invites_per_second as usize,
         ),
         ("federation.invite_burst", fed.invite_burst as usize),
         ("federation.calls_per_link", fed.calls_per_link),
-    ] {
-        if v == 0 {
-            return Err(invalid(key, "must be at least 1"));
-        }
-    }
-    for (key, v) in [
+    ])?;
+    more_than_zero(&[
         ("federation.lookup_timeout", fed.lookup_timeout),
         ("federation.connect_timeout", fed.connect_timeout),
         ("federation.link_idle_timeout", fed.link_idle_timeout),
         ("federation.backoff_max", fed.backoff_max),
-    ] {
-        if v.is_zero() {
-            return Err(invalid(key, "must be more than zero"));
-        }
-    }
+    ])?;
     if fed.backoff_max > Duration::from_secs(300) {
         return Err(invalid(
             "federation.backoff_max",
             "must be at most 5 minutes",
         ));
     }
-    Ok(fed)
+    Ok(())
 }
 
 fn turn(t: RawTurn) -> Result<Turn, ConfigError> {

@@ -24,6 +24,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
@@ -201,83 +202,163 @@ pub async fn check(config: &Config, domain: &str) -> Result<Report, CheckError> 
         CancellationToken::new(),
         TaskTracker::new(),
     )?;
+    let probe = Probe {
+        links,
+        fed,
+        origin: &config.domain,
+        domain,
+        name,
+        ct: fed.connect_timeout,
+    };
     let mut report = Report {
         origin: config.domain.clone(),
-        domain: domain.clone(),
+        domain: probe.domain.clone(),
         steps: Vec::new(),
         problem: None,
     };
-    let origin = &config.domain;
-    let ct = fed.connect_timeout;
+    probe.policy(&mut report);
+    let Some(addrs) = probe.discovery(&mut report).await else {
+        return Ok(report);
+    };
+    let Some((addr, tls)) = probe.first_working(&mut report, addrs).await else {
+        return Ok(report);
+    };
+    probe.keys(&mut report, addr, tls).await;
+    match key_problem {
+        Some(why) => report.fail(
+            "link",
+            why.clone(),
+            format!("this server has no link key to sign with: {why}"),
+        ),
+        None => probe.link(&mut report, addr).await,
+    }
+    Ok(report)
+}
 
-    // 0. Our own policy: the server refuses calls to a denied domain
-    //    before any link; the rest still runs, to show the peer's side.
-    if fed.allows(&domain) {
-        report.ok(
-            "policy",
-            format!("{origin}'s [federation] allow/deny lets {domain} federate"),
-        );
-    } else {
-        report.fail(
-            "policy",
-            format!("{origin}'s [federation] allow/deny refuses {domain}"),
-            format!("this config's own policy refuses {domain} (calls to it end with 403 here)"),
-        );
+/// What every step needs: the server's own links, built from the config,
+/// and the domain checked.
+struct Probe<'a> {
+    links: Links,
+    fed: &'a Federation,
+    /// This server's domain.
+    origin: &'a str,
+    domain: String,
+    /// `domain` as the TLS server name (SNI and certificate check).
+    name: ServerName<'static>,
+    /// `federation.connect_timeout`, which bounds each network step.
+    ct: Duration,
+}
+
+impl Probe<'_> {
+    /// Step 0, our own policy: the server refuses calls to a denied domain
+    /// before any link; the rest still runs, to show the peer's side.
+    fn policy(&self, report: &mut Report) {
+        let (origin, domain) = (self.origin, &self.domain);
+        if self.fed.allows(domain) {
+            report.ok(
+                "policy",
+                format!("{origin}'s [federation] allow/deny lets {domain} federate"),
+            );
+        } else {
+            report.fail(
+                "policy",
+                format!("{origin}'s [federation] allow/deny refuses {domain}"),
+                format!(
+                    "this config's own policy refuses {domain} (calls to it end with 403 here)"
+                ),
+            );
+        }
     }
 
-    // 1. Discovery, exactly as a call would do it.
-    let addrs = match links.discovery().resolve(&domain).await {
-        Ok(addrs) => {
-            let route = route(&links, fed, &domain).await;
-            report.ok(
-                "dns",
-                format!("{route} -> {} [{}]", list(&addrs), resolver(fed)),
-            );
-            addrs
-        }
-        Err(e) => {
-            let detail = match &e {
-                DiscoveryError::NoService(why) => format!("no WSP service (bye 604): {why}"),
-                DiscoveryError::Timeout => format!(
-                    "DNS did not answer within {:?} (bye 504)",
-                    fed.lookup_timeout
-                ),
-                DiscoveryError::Failed(why) => format!("DNS lookup failed (bye 504): {why}"),
-            };
-            report.fail(
-                "dns",
-                format!("{detail} [{}]", resolver(fed)),
-                format!(
-                    "{domain} cannot be discovered: calls to it end with bye {}",
-                    e.bye_code()
-                ),
-            );
-            report.skip("connect", "not tried: no address");
-            report.skip("keys", "not tried: no address");
-            report.skip("link", "not tried: no address");
-            return Ok(report);
-        }
-    };
+    /// Step 1, discovery, exactly as a call would do it. `None` when it
+    /// failed; the later steps are then reported as skipped.
+    async fn discovery(&self, report: &mut Report) -> Option<Vec<SocketAddr>> {
+        let (fed, domain) = (self.fed, &self.domain);
+        let e = match self.links.discovery().resolve(domain).await {
+            Ok(addrs) => {
+                let route = route(&self.links, fed, domain).await;
+                report.ok(
+                    "dns",
+                    format!("{route} -> {} [{}]", list(&addrs), resolver(fed)),
+                );
+                return Some(addrs);
+            }
+            Err(e) => e,
+        };
+        let detail = match &e {
+            DiscoveryError::NoService(why) => format!("no WSP service (bye 604): {why}"),
+            DiscoveryError::Timeout => format!(
+                "DNS did not answer within {:?} (bye 504)",
+                fed.lookup_timeout
+            ),
+            DiscoveryError::Failed(why) => format!("DNS lookup failed (bye 504): {why}"),
+        };
+        report.fail(
+            "dns",
+            format!("{detail} [{}]", resolver(fed)),
+            format!(
+                "{domain} cannot be discovered: calls to it end with bye {}",
+                e.bye_code()
+            ),
+        );
+        report.skip("connect", "not tried: no address");
+        report.skip("keys", "not tried: no address");
+        report.skip("link", "not tried: no address");
+        None
+    }
 
-    // 2. TCP and TLS to each address in turn, until one works. A failed
-    //    address costs the server time but not the link when a later one
-    //    works: its failure is then only a warning.
-    let mut chosen: Option<(SocketAddr, TlsStream<TcpStream>)> = None;
-    let mut problem = None;
-    let first_attempt = report.steps.len();
-    for addr in addrs {
+    /// Step 2, TCP and TLS to each address in turn, until one works. A
+    /// failed address costs the server time but not the link when a later
+    /// one works: its failure is then only a warning. `None` when no
+    /// address worked; the later steps are then reported as skipped.
+    async fn first_working(
+        &self,
+        report: &mut Report,
+        addrs: Vec<SocketAddr>,
+    ) -> Option<(SocketAddr, TlsStream<TcpStream>)> {
+        let mut problem = None;
+        let first_attempt = report.steps.len();
+        for addr in addrs {
+            let Some(tcp) = self.connect(report, addr, &mut problem).await else {
+                continue;
+            };
+            if let Some(tls) = self.tls(report, addr, tcp, &mut problem).await {
+                for s in &mut report.steps[first_attempt..] {
+                    if s.status == Status::Fail {
+                        s.status = Status::Warn;
+                    }
+                }
+                return Some((addr, tls));
+            }
+        }
+        // The last failure is the one calls see; a policy failure stays first.
+        report.problem = report.problem.take().or(problem);
+        report.skip("keys", "not tried: no address worked");
+        report.skip("link", "not tried: no address worked");
+        None
+    }
+
+    /// The TCP connection to one address; on failure, `problem` becomes
+    /// what it means for calls.
+    async fn connect(
+        &self,
+        report: &mut Report,
+        addr: SocketAddr,
+        problem: &mut Option<String>,
+    ) -> Option<TcpStream> {
+        let (domain, ct) = (&self.domain, self.ct);
         let start = Instant::now();
-        let tcp = match timeout(ct, tcp_connect(addr)).await {
+        match timeout(ct, tcp_connect(addr)).await {
             Ok(Ok(tcp)) => {
                 report.ok("connect", format!("{addr} in {}", ms(start.elapsed())));
-                tcp
+                Some(tcp)
             }
             Ok(Err(e)) => {
                 report.push(Status::Fail, "connect", format!("{addr}: {e}"));
-                problem = Some(format!(
+                *problem = Some(format!(
                     "no server of {domain} could be reached (calls end with 504)"
                 ));
-                continue;
+                None
             }
             Err(_) => {
                 report.push(
@@ -285,38 +366,42 @@ pub async fn check(config: &Config, domain: &str) -> Result<Report, CheckError> 
                     "connect",
                     format!("{addr}: no answer within {ct:?}"),
                 );
-                problem = Some(format!(
+                *problem = Some(format!(
                     "no server of {domain} answered in time (calls end with 504)"
                 ));
-                continue;
+                None
             }
-        };
+        }
+    }
+
+    /// The TLS handshake on one address's connection; on failure,
+    /// `problem` becomes what it means for calls.
+    async fn tls(
+        &self,
+        report: &mut Report,
+        addr: SocketAddr,
+        tcp: TcpStream,
+        problem: &mut Option<String>,
+    ) -> Option<TlsStream<TcpStream>> {
+        let (domain, ct) = (&self.domain, self.ct);
         let start = Instant::now();
-        match timeout(ct, links.dialer().tls_handshake(tcp, &name)).await {
+        match timeout(ct, self.links.dialer().tls_handshake(tcp, &self.name)).await {
             Ok(Ok(tls)) => {
-                let (_, conn) = tls.get_ref();
-                let version = match conn.protocol_version() {
-                    Some(rustls::ProtocolVersion::TLSv1_3) => "TLS 1.3".to_string(),
-                    v => format!("{v:?}"),
-                };
-                let suite = conn
-                    .negotiated_cipher_suite()
-                    .map(|s| format!(" {:?}", s.suite()))
-                    .unwrap_or_default();
                 report.ok(
                     "tls",
                     format!(
-                        "{addr}: {version}{suite}, certificate valid for {domain} (SNI {domain}) in {}",
+                        "{addr}: {}, certificate valid for {domain} (SNI {domain}) in {}",
+                        session(&tls),
                         ms(start.elapsed())
                     ),
                 );
-                chosen = Some((addr, tls));
-                break;
+                Some(tls)
             }
             Ok(Err(e)) => {
-                let (detail, why) = tls_failure(&e, &domain, fed);
+                let (detail, why) = tls_failure(&e, domain, self.fed);
                 report.push(Status::Fail, "tls", format!("{addr}: {detail}"));
-                problem = Some(why);
+                *problem = Some(why);
+                None
             }
             Err(_) => {
                 report.push(
@@ -324,123 +409,131 @@ pub async fn check(config: &Config, domain: &str) -> Result<Report, CheckError> 
                     "tls",
                     format!("{addr}: no TLS handshake within {ct:?}"),
                 );
-                problem = Some(format!(
+                *problem = Some(format!(
                     "{domain}'s server did not finish a TLS handshake (calls end with 504)"
                 ));
+                None
             }
         }
     }
-    let Some((addr, tls)) = chosen else {
-        // The last failure is the one calls see; a policy failure stays first.
-        report.problem = report.problem.take().or(problem);
-        report.skip("keys", "not tried: no address worked");
-        report.skip("link", "not tried: no address worked");
-        return Ok(report);
-    };
-    for s in &mut report.steps[first_attempt..] {
-        if s.status == Status::Fail {
-            s.status = Status::Warn;
+
+    /// Step 3, the peer's published keys, on the connection just checked.
+    async fn keys(&self, report: &mut Report, addr: SocketAddr, tls: TlsStream<TcpStream>) {
+        let (origin, domain, ct) = (self.origin, &self.domain, self.ct);
+        let url = format!("https://{domain}/.well-known/wsp/keys");
+        let problem =
+            format!("{origin} could not verify links from {domain} (its calls to us would fail)");
+        match timeout(ct, get_keys(tls, domain)).await {
+            Ok(Ok(keys)) => {
+                let ids: Vec<&str> = keys.keys.iter().map(|k| k.id.as_str()).collect();
+                if ids.is_empty() {
+                    report.fail("keys", format!("{url} lists no ed25519 key"), problem);
+                } else {
+                    report.ok("keys", format!("{url}: {}", ids.join(", ")));
+                }
+            }
+            Ok(Err(e)) => report.fail("keys", format!("{url} at {addr}: {e}"), problem),
+            Err(_) => report.fail(
+                "keys",
+                format!("{url} at {addr}: no answer within {ct:?}"),
+                problem,
+            ),
         }
     }
 
-    // 3. The peer's published keys, on the connection just checked.
-    let url = format!("https://{domain}/.well-known/wsp/keys");
-    match timeout(ct, get_keys(tls, &domain)).await {
-        Ok(Ok(keys)) => {
-            let ids: Vec<&str> = keys.keys.iter().map(|k| k.id.as_str()).collect();
-            if ids.is_empty() {
-                report.fail(
-                    "keys",
-                    format!("{url} lists no ed25519 key"),
+    /// Step 4, the signed link upgrade, on a fresh connection to that
+    /// address, closed at once with 1000 when it is accepted.
+    async fn link(&self, report: &mut Report, addr: SocketAddr) {
+        let (origin, domain, ct) = (self.origin, &self.domain, self.ct);
+        let key_id = self.links.key_id().to_string();
+        match timeout(ct, self.upgrade(addr)).await {
+            Ok(Ok(Ok(ws))) => {
+                let answered = self.close(ws).await;
+                report.ok(
+                    "link",
                     format!(
-                        "{origin} could not verify links from {domain} (its calls to us would fail)"
+                        "101: {domain} accepted a link from {origin} signed with {key_id}; closed with 1000{}",
+                        if answered { "" } else { " (no close answer in time)" }
                     ),
                 );
-            } else {
-                report.ok("keys", format!("{url}: {}", ids.join(", ")));
             }
+            Ok(Ok(Err(UpgradeError::Refused { status, body }))) => {
+                let (detail, problem) = refused(&status, &body, origin, domain, &key_id, self.fed);
+                report.fail("link", detail, problem);
+            }
+            Ok(Ok(Err(UpgradeError::NoExporter))) => report.fail(
+                "link",
+                format!("{addr}: the TLS session has no exporter to sign"),
+                format!("{domain}'s server does not speak TLS 1.3 correctly"),
+            ),
+            Ok(Ok(Err(UpgradeError::Protocol(e)))) => report.fail(
+                "link",
+                format!("{addr}: {e}"),
+                format!(
+                    "{domain}'s server did not answer the link upgrade properly (calls end with 502)"
+                ),
+            ),
+            Ok(Err(e)) => report.fail(
+                "link",
+                e,
+                format!("{domain}'s server could not be reached again for the link"),
+            ),
+            Err(_) => report.fail(
+                "link",
+                format!("{addr}: no answer to the link upgrade within {ct:?}"),
+                format!("{domain}'s server did not answer the link in time (calls end with 504)"),
+            ),
         }
-        Ok(Err(e)) => report.fail(
-            "keys",
-            format!("{url} at {addr}: {e}"),
-            format!("{origin} could not verify links from {domain} (its calls to us would fail)"),
-        ),
-        Err(_) => report.fail(
-            "keys",
-            format!("{url} at {addr}: no answer within {ct:?}"),
-            format!("{origin} could not verify links from {domain} (its calls to us would fail)"),
-        ),
     }
 
-    // 4. The signed link upgrade, on a fresh connection to that address.
-    if let Some(why) = key_problem {
-        report.fail(
-            "link",
-            why.clone(),
-            format!("this server has no link key to sign with: {why}"),
-        );
-        return Ok(report);
-    }
-    let attempt = async {
+    /// TCP, TLS and the signed upgrade; the outer error is a failure to
+    /// reach the address again, the inner one the upgrade's.
+    async fn upgrade(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<Result<WebSocketStream<TlsStream<TcpStream>>, UpgradeError>, String> {
         let tcp = tcp_connect(addr)
             .await
             .map_err(|e| format!("{addr}: {e}"))?;
-        let tls = links
+        let tls = self
+            .links
             .dialer()
-            .tls_handshake(tcp, &name)
+            .tls_handshake(tcp, &self.name)
             .await
             .map_err(|e| format!("{addr}: {e}"))?;
-        Ok::<_, String>(links.dialer().upgrade(tls, &domain).await)
-    };
-    let key_id = links.key_id().to_string();
-    match timeout(ct, attempt).await {
-        Ok(Ok(Ok(mut ws))) => {
-            let _ = ws
-                .close(Some(CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: "wspd check".into(),
-                }))
-                .await;
-            // Read until the peer answers the close (bounded).
-            let answered = timeout(ct, async { while let Some(Ok(_)) = ws.next().await {} })
-                .await
-                .is_ok();
-            report.ok(
-                "link",
-                format!(
-                    "101: {domain} accepted a link from {origin} signed with {key_id}; closed with 1000{}",
-                    if answered { "" } else { " (no close answer in time)" }
-                ),
-            );
-        }
-        Ok(Ok(Err(UpgradeError::Refused { status, body }))) => {
-            let (detail, problem) = refused(&status, &body, origin, &domain, &key_id, fed);
-            report.fail("link", detail, problem);
-        }
-        Ok(Ok(Err(UpgradeError::NoExporter))) => report.fail(
-            "link",
-            format!("{addr}: the TLS session has no exporter to sign"),
-            format!("{domain}'s server does not speak TLS 1.3 correctly"),
-        ),
-        Ok(Ok(Err(UpgradeError::Protocol(e)))) => report.fail(
-            "link",
-            format!("{addr}: {e}"),
-            format!(
-                "{domain}'s server did not answer the link upgrade properly (calls end with 502)"
-            ),
-        ),
-        Ok(Err(e)) => report.fail(
-            "link",
-            e,
-            format!("{domain}'s server could not be reached again for the link"),
-        ),
-        Err(_) => report.fail(
-            "link",
-            format!("{addr}: no answer to the link upgrade within {ct:?}"),
-            format!("{domain}'s server did not answer the link in time (calls end with 504)"),
-        ),
+        Ok(self.links.dialer().upgrade(tls, &self.domain).await)
     }
-    Ok(report)
+
+    /// Closes an accepted link with 1000 and reads until the peer answers
+    /// the close (bounded); whether it answered in time.
+    async fn close(&self, mut ws: WebSocketStream<TlsStream<TcpStream>>) -> bool {
+        let _ = ws
+            .close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "wspd check".into(),
+            }))
+            .await;
+        timeout(self.ct, async {
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await
+        .is_ok()
+    }
+}
+
+/// The negotiated TLS version and cipher suite, e.g.
+/// `TLS 1.3 TLS13_AES_256_GCM_SHA384`.
+fn session(tls: &TlsStream<TcpStream>) -> String {
+    let (_, conn) = tls.get_ref();
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLS 1.3".to_string(),
+        v => format!("{v:?}"),
+    };
+    let suite = conn
+        .negotiated_cipher_suite()
+        .map(|s| format!(" {:?}", s.suite()))
+        .unwrap_or_default();
+    format!("{version}{suite}")
 }
 
 /// This config's link key, loaded, never created.

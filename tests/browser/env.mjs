@@ -63,7 +63,7 @@ export function assertLoopbackOnly() {
   if (others.length) {
     throw new Error(
       `browser tests run only in a network namespace whose one interface is lo (here: ${names.join(', ')}).\n` +
-        `Run them with: cargo test --test browser   (or see tests/browser/run.mjs)`,
+        `Run them with: cargo test --test it browser::   (or see tests/browser/run.mjs)`,
     );
   }
 }

@@ -1,5 +1,5 @@
 // Entry point of the real-browser tests. Run it inside a fresh network
-// namespace whose only interface is lo, as tests/browser.rs does:
+// namespace whose only interface is lo, as tests/it/browser.rs does:
 //
 //   unshare -n -- sh -c 'ip link set lo up && exec node tests/browser/run.mjs [FILE.test.mjs ...]'
 //
@@ -43,7 +43,7 @@ function checkNamespace() {
         `Run inside a fresh network namespace:\n` +
         `  unshare -n -- sh -c 'ip link set lo up && exec node tests/browser/run.mjs'   (as root)\n` +
         `  unshare -rn -- sh -c 'ip link set lo up && exec node tests/browser/run.mjs'  (with user namespaces)\n` +
-        `or simply: cargo test --test browser`,
+        `or simply: cargo test --test it browser::`,
     );
   }
   if (!links[0].flags.includes('UP')) refuse('lo is down: run `ip link set lo up` first');

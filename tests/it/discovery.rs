@@ -2,13 +2,12 @@
 //! order, the port-443 fallback, "no service" answers, timeouts, the
 //! failure cache, the resolver's positive cache and `[federation.peers]`.
 
-mod common;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::dns::TestDns;
+use crate::common;
+use crate::common::dns::TestDns;
 use wspd::config::Federation;
 use wspd::federation::discovery::{Discovery, DiscoveryError};
 use wspd::metrics::Metrics;

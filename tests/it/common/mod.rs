@@ -1,6 +1,5 @@
 //! Test harness: real wspd servers on 127.0.0.1:0 in the test's runtime,
 //! real WebSocket clients, a tiny HTTP client for the other endpoints.
-#![allow(dead_code)] // each test file uses a different part
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -402,7 +401,7 @@ pub async fn answered_call(a: &mut Client, b: &mut Client, caller: &str, callee:
     b.expect("answer").await;
 }
 
-// ---- Helpers for the call tests (tests/calls.rs) ----
+// ---- Helpers for the call tests (`calls`) ----
 
 pub fn ringing(id: &str) -> Value {
     json!(["ringing", null, {"call": id}])
@@ -519,7 +518,7 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
 
 pub mod dns;
 
-// ---- A small federation (tests/federation.rs, tests/check.rs) ----
+// ---- A small federation (`federation`, `check`) ----
 
 /// A small federation: a DNS server on loopback and the servers of some
 /// domains, all with TLS from certs/ and trusting the development CA.
@@ -601,7 +600,7 @@ impl Net {
     }
 }
 
-// ---- Faults and soak (tests/faults.rs, tests/soak.rs) ----
+// ---- Faults and soak (`faults`, `soak`) ----
 
 impl Net {
     /// Like [`Net::config`], with the DNS server `resolver` and the

@@ -3,11 +3,9 @@
 //! process restarted. Each ends with the documented answer, in bounded
 //! time, and everything else keeps working meanwhile.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// A client whose frames are read per call: frames of other calls that

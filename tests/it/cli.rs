@@ -1,13 +1,11 @@
 //! The `wspd` binary: minting tokens, adding users, refusing bad
 //! configuration, and running until SIGTERM.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;

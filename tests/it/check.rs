@@ -1,13 +1,11 @@
 //! `wspd check DOMAIN`: the real binary, configured as a.test, checking
 //! in-process servers found through a real DNS server on loopback.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use wspd::federation::keys::LinkKey;
 
 /// How long one run of the binary may take (every step is bounded by the

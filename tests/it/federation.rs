@@ -1,13 +1,11 @@
 //! Calls between domains: real wspd servers for a.test, b.test (and c.test)
 //! with TLS from certs/, found through a real DNS server on loopback.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;

@@ -1,8 +1,6 @@
 //! `GET /session` and the ICE servers clients are given.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const TURN: &str = "[turn]\nurls = [\"turn:turn.localhost:3478?transport=udp\", \"turns:turn.localhost:5349\"]\nsecret = \"coturn-shared-secret\"\nttl = \"10m\"\n";

@@ -1,12 +1,10 @@
 //! Reloading (SIGHUP): new certificates and federation policy apply to new
 //! connections and calls; nothing open is dropped.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 

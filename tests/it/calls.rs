@@ -1,8 +1,6 @@
 //! A call's life on one domain, over real sockets.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test]

@@ -1,9 +1,7 @@
 //! Graceful shutdown: every untransferred call ends with bye 503, sockets
 //! close with 1001, transferred calls are left alone.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn stopping_ends_untransferred_calls_with_503_and_closes_with_1001() {

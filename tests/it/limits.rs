@@ -1,9 +1,7 @@
 //! The configurable limits: each refuses with its documented answer and
 //! the server goes on serving everyone else.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test]

@@ -6,11 +6,9 @@
 //! documented answer, no call or socket leaked, and memory does not grow
 //! from round to round.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
