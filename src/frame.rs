@@ -323,11 +323,23 @@ pub fn decode_checked(text: &str) -> Result<Inbound<'_>, FrameError> {
     let keyword = Keyword::parse(&keyword)
         .ok_or_else(|| FrameError::UnknownKeyword(truncate(&keyword, 32)))?;
 
-    let call = if is_null(raw.options) {
+    let call = options(raw.options)?;
+    let content = raw.content.filter(|c| c.get() != "null").map(RawValue::get);
+    let body = checked_body(keyword, content)?;
+    Ok(Inbound {
+        keyword,
+        call,
+        body,
+    })
+}
+
+/// `options.call`, when the options give it.
+fn options(options: Option<&RawValue>) -> Result<Option<CallId>, FrameError> {
+    Ok(if is_null(options) {
         None
     } else {
         let Object(opts): Object<OptionsWire> =
-            serde_json::from_str(raw.options.map_or("null", RawValue::get))
+            serde_json::from_str(options.map_or("null", RawValue::get))
                 .map_err(|e| FrameError::Options(short(&e)))?;
         match opts.call {
             None => None,
@@ -335,15 +347,17 @@ pub fn decode_checked(text: &str) -> Result<Inbound<'_>, FrameError> {
                 FrameError::Options("call must be 8-64 characters of A-Z a-z 0-9 _ -".into())
             })?),
         }
-    };
+    })
+}
 
-    let content = raw.content.filter(|c| c.get() != "null").map(RawValue::get);
+/// The content of a `keyword` frame, checked for it and kept as raw text.
+fn checked_body(keyword: Keyword, content: Option<&str>) -> Result<Body<'_>, FrameError> {
     let bad = |reason: String| FrameError::Content {
         keyword: keyword.as_str(),
         reason,
     };
     let missing = || bad("content is required".into());
-    let body = match keyword {
+    Ok(match keyword {
         Keyword::Invite => {
             let raw = content.ok_or_else(missing)?;
             let Object(w): Object<InviteWire> =
@@ -394,11 +408,6 @@ pub fn decode_checked(text: &str) -> Result<Inbound<'_>, FrameError> {
             let code = ByeCode::new(w.code).ok_or_else(|| bad("code must be 100-699".into()))?;
             Body::Bye(Bye { code, raw })
         }
-    };
-    Ok(Inbound {
-        keyword,
-        call,
-        body,
     })
 }
 

@@ -82,102 +82,50 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("wspd");
-        let sessions = Gauge::default();
-        registry.register("sessions", "Client sockets open", sessions.clone());
-        let calls_active = Gauge::default();
-        registry.register(
-            "calls_active",
-            "Calls the server holds state for",
-            calls_active.clone(),
-        );
-
-        let calls_family = Family::<Labels, Counter>::default();
-        registry.register("calls", "Calls ended, by outcome", calls_family.clone());
-        let calls = Outcome::ALL
-            .iter()
-            .map(|o| {
-                calls_family
-                    .get_or_create(&[("outcome", o.as_str())])
-                    .clone()
-            })
-            .collect();
-
-        let frames_family = Family::<Labels, Counter>::default();
-        registry.register(
-            "frames",
-            "Frames received from clients, by keyword",
-            frames_family.clone(),
-        );
-        let frames = Keyword::ALL
-            .iter()
-            .map(|k| {
-                frames_family
-                    .get_or_create(&[("keyword", k.as_str())])
-                    .clone()
-            })
-            .collect();
-
-        let refusals = Family::<Labels, Counter>::default();
-        registry.register(
-            "refusals",
-            "Connections and sockets refused or closed, by reason",
-            refusals.clone(),
-        );
-        let logins = Family::<Labels, Counter>::default();
-        registry.register("logins", "POST /token attempts, by result", logins.clone());
-
-        let links = Family::<Labels, Gauge>::default();
-        registry.register(
-            "links",
-            "Server-to-server links up, by direction",
-            links.clone(),
-        );
-        let link_attempts = Family::<Labels, Counter>::default();
-        registry.register(
-            "link_attempts",
-            "Outgoing link attempts, by result",
-            link_attempts.clone(),
-        );
-        let link_failures = Family::<Labels, Counter>::default();
-        registry.register(
-            "link_failures",
-            "Link failures (either direction), by reason",
-            link_failures.clone(),
-        );
-        let dns_lookups = Family::<Labels, Counter>::default();
-        registry.register(
-            "dns_lookups",
-            "Domain discoveries, by result",
-            dns_lookups.clone(),
-        );
-        let limits_hit = Family::<Labels, Counter>::default();
-        registry.register(
-            "limits_hit",
-            "Times a configured limit refused something, by limit",
-            limits_hit.clone(),
-        );
-        let remote_calls = Family::<[(&'static str, String); 2], Counter>::default();
-        registry.register(
-            "remote_calls",
-            "Calls with another domain ended, by remote domain and outcome",
-            remote_calls.clone(),
-        );
-
+        let mut r = Registry::with_prefix("wspd");
+        // Registered in the order they are exposed.
+        let sessions = metric(&mut r, "sessions", "Client sockets open");
+        let calls_active = metric(&mut r, "calls_active", "Calls the server holds state for");
+        let calls: Family<Labels, Counter> = metric(&mut r, "calls", "Calls ended, by outcome");
+        let frames: Family<Labels, Counter> =
+            metric(&mut r, "frames", "Frames received from clients, by keyword");
         Metrics {
-            links,
-            link_attempts,
-            link_failures,
-            dns_lookups,
-            limits_hit,
-            remote_calls,
-            registry,
             sessions,
             calls_active,
-            calls,
-            frames,
-            refusals,
-            logins,
+            // The hot-path counters are looked up once, here.
+            calls: Outcome::ALL
+                .iter()
+                .map(|o| calls.get_or_create(&[("outcome", o.as_str())]).clone())
+                .collect(),
+            frames: Keyword::ALL
+                .iter()
+                .map(|k| frames.get_or_create(&[("keyword", k.as_str())]).clone())
+                .collect(),
+            refusals: metric(
+                &mut r,
+                "refusals",
+                "Connections and sockets refused or closed, by reason",
+            ),
+            logins: metric(&mut r, "logins", "POST /token attempts, by result"),
+            links: metric(&mut r, "links", "Server-to-server links up, by direction"),
+            link_attempts: metric(&mut r, "link_attempts", "Outgoing link attempts, by result"),
+            link_failures: metric(
+                &mut r,
+                "link_failures",
+                "Link failures (either direction), by reason",
+            ),
+            dns_lookups: metric(&mut r, "dns_lookups", "Domain discoveries, by result"),
+            limits_hit: metric(
+                &mut r,
+                "limits_hit",
+                "Times a configured limit refused something, by limit",
+            ),
+            remote_calls: metric(
+                &mut r,
+                "remote_calls",
+                "Calls with another domain ended, by remote domain and outcome",
+            ),
+            registry: r,
         }
     }
 
@@ -250,6 +198,16 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
+}
+
+/// A new metric, registered under `name`.
+fn metric<M>(registry: &mut Registry, name: &str, help: &str) -> M
+where
+    M: Default + Clone + prometheus_client::registry::Metric,
+{
+    let m = M::default();
+    registry.register(name, help, m.clone());
+    m
 }
 
 #[cfg(test)]

@@ -710,50 +710,22 @@ async fn login(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             "this server has no users file ([auth] users); tokens are minted with `wspd token`",
         );
     };
-    let body = match Limited::new(req.into_body(), MAX_LOGIN_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-large",
-                "the request body is over 4096 bytes",
-            );
-        }
+    let login = match read_login(req).await {
+        Ok(login) => login,
+        Err(refused) => return refused,
     };
-    let Ok(login) = serde_json::from_slice::<Login>(&body) else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "bad-request",
-            "send JSON {\"user\": \"...\", \"password\": \"...\"}",
-        );
-    };
-    // "alice" or "alice@this.domain"
-    let name = match login.user.split_once('@') {
-        Some((name, domain)) if domain.eq_ignore_ascii_case(&app.config.domain) => name.to_string(),
-        Some(_) => String::new(),
-        None => login.user.clone(),
-    };
-    let address = Address::parse(&format!("{name}@{}", app.config.domain));
-
+    let address = login_address(&app.config.domain, &login.user);
     let ok = match &address {
-        Ok(a) => {
-            // argon2 is slow by design: at most two at a time, off the
-            // async threads.
-            let Ok(_permit) = app.login_gate.acquire().await else {
+        Ok(a) => match check_password(&app, users, a, login.password).await {
+            Some(ok) => ok,
+            None => {
                 return json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "shutting-down",
                     "server shutting down",
                 );
-            };
-            let user = a.user().to_string();
-            tokio::task::spawn_blocking(move || users.check(&user, &login.password))
-                .await
-                .unwrap_or(false)
-        }
+            }
+        },
         Err(_) => false,
     };
     app.metrics.login(ok);
@@ -781,4 +753,56 @@ async fn login(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             )
         }
     }
+}
+
+/// The body of `POST /token`: JSON `{user, password}`, at most
+/// [`MAX_LOGIN_BODY`] bytes.
+#[allow(clippy::result_large_err)] // the refusal is the response itself
+async fn read_login(req: Request<Incoming>) -> Result<Login, Response<Body>> {
+    let Ok(body) = Limited::new(req.into_body(), MAX_LOGIN_BODY)
+        .collect()
+        .await
+    else {
+        return Err(json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "the request body is over 4096 bytes",
+        ));
+    };
+    serde_json::from_slice::<Login>(&body.to_bytes()).map_err(|_| {
+        json_error(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "send JSON {\"user\": \"...\", \"password\": \"...\"}",
+        )
+    })
+}
+
+/// The address a login names: "alice" or "alice@this.domain" (another
+/// domain names no user of this server).
+fn login_address(domain: &str, user: &str) -> Result<Address, crate::address::AddressError> {
+    let name = match user.split_once('@') {
+        Some((name, d)) if d.eq_ignore_ascii_case(domain) => name,
+        Some(_) => "",
+        None => user,
+    };
+    Address::parse(&format!("{name}@{domain}"))
+}
+
+/// Checks a password against the users file. argon2 is slow by design: at
+/// most two at a time, off the async threads. `None` when the server is
+/// shutting down.
+async fn check_password(
+    app: &App,
+    users: Arc<crate::auth::UsersFile>,
+    address: &Address,
+    password: String,
+) -> Option<bool> {
+    let _permit = app.login_gate.acquire().await.ok()?;
+    let user = address.user().to_string();
+    Some(
+        tokio::task::spawn_blocking(move || users.check(&user, &password))
+            .await
+            .unwrap_or(false),
+    )
 }

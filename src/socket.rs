@@ -6,6 +6,7 @@
 //! then sends the close frame. Each of those is a small function here; the
 //! loop only chooses which runs next.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -17,7 +18,7 @@ use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::{Span, debug, info};
 
 use crate::address::CallId;
@@ -146,27 +147,9 @@ where
     loop {
         tokio::select! {
             biased;
-            _ = &mut ended => {
-                if !shutdown.is_cancelled() {
-                    return Some(Close::new(CloseCode::Policy, "reading too slowly: outbox full"));
-                }
-                // Boxed: it runs once, at shutdown, and unboxed it would
-                // make every socket's task larger for good.
-                Box::pin(flush_for_shutdown(ws, rx, &mut batch, h)).await;
-                return Some(Close::new(CloseCode::GoingAway, "server shutting down"));
-            }
+            _ = &mut ended => return Some(killed(ws, rx, &mut batch, h, shutdown).await),
             n = rx.recv_many(&mut batch, WRITE_BATCH) => {
-                if n == 0 {
-                    return None;
-                }
-                // The batch first: it usually completes at once, and the
-                // token is only polled while the socket cannot take it.
-                let res = tokio::select! {
-                    biased;
-                    r = write_batch(ws, &mut batch, h) => r,
-                    _ = &mut ended => Err(WsError::ConnectionClosed),
-                };
-                if res.is_err() {
+                if n == 0 || write_unless_killed(ws, &mut batch, h, ended.as_mut()).await.is_err() {
                     return None;
                 }
                 // Attach/detach may have moved the handler's own deadline.
@@ -185,8 +168,7 @@ where
                     Read::End(close) => return close,
                     Read::AnswerClose => {
                         // tungstenite has queued the answer to the peer's
-                        // close; send it before hanging up, or the peer
-                        // sees an unclean close (a browser reports 1006).
+                        // close: send it, or the peer sees an unclean close.
                         let _ = tokio::time::timeout(CLOSE_WAIT, ws.flush()).await;
                         return None;
                     }
@@ -208,6 +190,28 @@ where
             }
         }
     }
+}
+
+/// The kill switch fired: the reader was too slow for its outbox, or the
+/// server is shutting down, when what was queued first goes out.
+async fn killed<S, H>(
+    ws: &mut WebSocketStream<S>,
+    rx: &mut mpsc::Receiver<Out>,
+    batch: &mut Vec<Out>,
+    h: &mut H,
+    shutdown: &CancellationToken,
+) -> Close
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    if !shutdown.is_cancelled() {
+        return Close::new(CloseCode::Policy, "reading too slowly: outbox full");
+    }
+    // Boxed: it runs once, at shutdown, and unboxed it would make every
+    // socket's task larger for good.
+    Box::pin(flush_for_shutdown(ws, rx, batch, h)).await;
+    Close::new(CloseCode::GoingAway, "server shutting down")
 }
 
 /// What one read from the socket leads to.
@@ -365,6 +369,26 @@ async fn flush_for_shutdown<S, H>(
         write_batch(ws, batch, h).await
     };
     let _ = tokio::time::timeout(SHUTDOWN_FLUSH, flush).await;
+}
+
+/// Writes a batch, unless the socket is killed while it cannot take it.
+/// The batch first: it usually completes at once, and the token is only
+/// polled while the socket is blocked.
+async fn write_unless_killed<S, H>(
+    ws: &mut WebSocketStream<S>,
+    batch: &mut Vec<Out>,
+    h: &mut H,
+    ended: Pin<&mut WaitForCancellationFuture<'_>>,
+) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    tokio::select! {
+        biased;
+        r = write_batch(ws, batch, h) => r,
+        _ = ended => Err(WsError::ConnectionClosed),
+    }
 }
 
 /// Writes queued frames with one flush, and applies attach/detach.

@@ -36,7 +36,17 @@ use crate::federation::dial::{UpgradeError, certificate_error, get_keys, tcp_con
 use crate::federation::discovery::DiscoveryError;
 use crate::federation::keys::LinkKey;
 use crate::federation::links::{Links, LinksError};
+use crate::frame::{ByeCode, ServerBye};
 use crate::metrics::Metrics;
+
+// The codes calls end with at each step, as the links would answer them.
+const POLICY: ByeCode = ServerBye::POLICY.code;
+const NO_SERVICE: ByeCode = ServerBye::DOMAIN_NO_SERVICE.code;
+const DNS_TIMEOUT: ByeCode = ServerBye::DOMAIN_DNS_TIMEOUT.code;
+const UNREACHABLE: ByeCode = ServerBye::SERVER_UNREACHABLE.code;
+const TIMEOUT: ByeCode = ServerBye::SERVER_TIMEOUT.code;
+const ANSWERED_WRONGLY: ByeCode = ServerBye::SERVER_ANSWERED_WRONGLY.code;
+const BAD_CERTIFICATE: ByeCode = ServerBye::SERVER_BAD_CERTIFICATE.code;
 
 /// How one step went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,7 +274,7 @@ impl Probe<'_> {
                 "policy",
                 format!("{origin}'s [federation] allow/deny refuses {domain}"),
                 format!(
-                    "this config's own policy refuses {domain} (calls to it end with 403 here)"
+                    "this config's own policy refuses {domain} (calls to it end with {POLICY} here)"
                 ),
             );
         }
@@ -286,12 +296,12 @@ impl Probe<'_> {
             Err(e) => e,
         };
         let detail = match &e {
-            DiscoveryError::NoService(why) => format!("no WSP service (bye 604): {why}"),
+            DiscoveryError::NoService(why) => format!("no WSP service (bye {NO_SERVICE}): {why}"),
             DiscoveryError::Timeout => format!(
-                "DNS did not answer within {:?} (bye 504)",
+                "DNS did not answer within {:?} (bye {DNS_TIMEOUT})",
                 fed.lookup_timeout
             ),
-            DiscoveryError::Failed(why) => format!("DNS lookup failed (bye 504): {why}"),
+            DiscoveryError::Failed(why) => format!("DNS lookup failed (bye {DNS_TIMEOUT}): {why}"),
         };
         report.fail(
             "dns",
@@ -356,7 +366,7 @@ impl Probe<'_> {
             Ok(Err(e)) => {
                 report.push(Status::Fail, "connect", format!("{addr}: {e}"));
                 *problem = Some(format!(
-                    "no server of {domain} could be reached (calls end with 504)"
+                    "no server of {domain} could be reached (calls end with {UNREACHABLE})"
                 ));
                 None
             }
@@ -367,7 +377,7 @@ impl Probe<'_> {
                     format!("{addr}: no answer within {ct:?}"),
                 );
                 *problem = Some(format!(
-                    "no server of {domain} answered in time (calls end with 504)"
+                    "no server of {domain} answered in time (calls end with {TIMEOUT})"
                 ));
                 None
             }
@@ -410,7 +420,7 @@ impl Probe<'_> {
                     format!("{addr}: no TLS handshake within {ct:?}"),
                 );
                 *problem = Some(format!(
-                    "{domain}'s server did not finish a TLS handshake (calls end with 504)"
+                    "{domain}'s server did not finish a TLS handshake (calls end with {TIMEOUT})"
                 ));
                 None
             }
@@ -470,7 +480,7 @@ impl Probe<'_> {
                 "link",
                 format!("{addr}: {e}"),
                 format!(
-                    "{domain}'s server did not answer the link upgrade properly (calls end with 502)"
+                    "{domain}'s server did not answer the link upgrade properly (calls end with {ANSWERED_WRONGLY})"
                 ),
             ),
             Ok(Err(e)) => report.fail(
@@ -481,7 +491,7 @@ impl Probe<'_> {
             Err(_) => report.fail(
                 "link",
                 format!("{addr}: no answer to the link upgrade within {ct:?}"),
-                format!("{domain}'s server did not answer the link in time (calls end with 504)"),
+                format!("{domain}'s server did not answer the link in time (calls end with {TIMEOUT})"),
             ),
         }
     }
@@ -602,8 +612,9 @@ fn ms(d: Duration) -> String {
 
 /// What a failed link TLS handshake means: the detail line and the problem.
 fn tls_failure(e: &std::io::Error, domain: &str, fed: &Federation) -> (String, String) {
-    let problem =
-        format!("{domain}'s server has no certificate valid for {domain} (calls end with 502)");
+    let problem = format!(
+        "{domain}'s server has no certificate valid for {domain} (calls end with {BAD_CERTIFICATE})"
+    );
     match certificate_error(e) {
         Some(rustls::CertificateError::NotValidForNameContext { presented, .. }) => {
             let names: Vec<&str> = presented.iter().map(|n| tidy_name(n)).collect();
@@ -650,7 +661,9 @@ fn tls_failure(e: &std::io::Error, domain: &str, fed: &Federation) -> (String, S
             } else {
                 (
                     e.to_string(),
-                    format!("the TLS handshake with {domain}'s server failed (calls end with 502)"),
+                    format!(
+                        "the TLS handshake with {domain}'s server failed (calls end with {ANSWERED_WRONGLY})"
+                    ),
                 )
             }
         }

@@ -348,52 +348,11 @@ pub fn decode_fast(text: &str) -> Option<Inbound<'_>> {
     let mut body = None;
     let mut call = None;
     if s.eat(b',').is_some() {
-        let content = if s.null() {
+        body = if s.null() {
             None
         } else {
-            let start = {
-                s.ws();
-                s.i
-            };
-            let b = match keyword {
-                Keyword::Invite => {
-                    let (caller, callee) = invite(&mut s)?;
-                    Body::Invite(Invite {
-                        caller_uri: Cow::Borrowed(caller),
-                        callee_uri: Cow::Borrowed(callee),
-                        raw: &text[start..s.i],
-                    })
-                }
-                Keyword::Ringing => {
-                    s.object(0, |s, _| s.skip_value(1))?;
-                    Body::Empty
-                }
-                Keyword::Offer | Keyword::Answer => {
-                    let kind = description(&mut s)?;
-                    let fits = match keyword {
-                        Keyword::Offer => kind == "offer",
-                        _ => kind == "answer" || kind == "pranswer",
-                    };
-                    if !fits {
-                        return None;
-                    }
-                    Body::Raw(&text[start..s.i])
-                }
-                Keyword::IceCandidate => {
-                    candidate(&mut s)?;
-                    Body::Raw(&text[start..s.i])
-                }
-                Keyword::Bye => {
-                    let code = bye(&mut s)?;
-                    Body::Bye(Bye {
-                        code,
-                        raw: &text[start..s.i],
-                    })
-                }
-            };
-            Some(b)
+            Some(content(&mut s, keyword)?)
         };
-        body = content;
         if s.eat(b',').is_some() {
             call = options(&mut s)?;
         }
@@ -415,4 +374,50 @@ pub fn decode_fast(text: &str) -> Option<Inbound<'_>> {
         call,
         body,
     })
+}
+
+/// The content of a `keyword` frame, checked for it; the body keeps it as
+/// the raw text it was.
+#[inline]
+fn content<'a>(s: &mut Scan<'a>, keyword: Keyword) -> Option<Body<'a>> {
+    s.ws();
+    let start = s.i;
+    let text = s.text;
+    let b = match keyword {
+        Keyword::Invite => {
+            let (caller, callee) = invite(s)?;
+            Body::Invite(Invite {
+                caller_uri: Cow::Borrowed(caller),
+                callee_uri: Cow::Borrowed(callee),
+                raw: &text[start..s.i],
+            })
+        }
+        Keyword::Ringing => {
+            s.object(0, |s, _| s.skip_value(1))?;
+            Body::Empty
+        }
+        Keyword::Offer | Keyword::Answer => {
+            let kind = description(s)?;
+            let fits = match keyword {
+                Keyword::Offer => kind == "offer",
+                _ => kind == "answer" || kind == "pranswer",
+            };
+            if !fits {
+                return None;
+            }
+            Body::Raw(&text[start..s.i])
+        }
+        Keyword::IceCandidate => {
+            candidate(s)?;
+            Body::Raw(&text[start..s.i])
+        }
+        Keyword::Bye => {
+            let code = bye(s)?;
+            Body::Bye(Bye {
+                code,
+                raw: &text[start..s.i],
+            })
+        }
+    };
+    Some(b)
 }
