@@ -1,7 +1,8 @@
 #!/bin/sh
 # Runs every test: Rust unit and integration tests, the client library's
-# node tests and type check, and the real-browser tests (cargo test runs
-# them all). First installs what they need when it is missing:
+# node tests and type check, the real-browser tests and the benchmark's
+# smoke test (cargo test --workspace runs them all: wspd and the bench/
+# package). First installs what they need when it is missing:
 #   - Debian packages: chromium, dnsmasq-base, iproute2 (as root: apt-get);
 #   - npm packages from package-lock.json (npm ci).
 set -eu
@@ -29,4 +30,4 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
 fi
 
 echo "== cargo test"
-exec cargo test "$@"
+exec cargo test --workspace "$@"

@@ -73,8 +73,9 @@ struct Cli {
     /// Rounds of `--compare` (the table shows each build's median).
     #[arg(long, default_value_t = 3, value_name = "N")]
     rounds: usize,
-    /// The development certificates (a.test, b.test, the CA).
-    #[arg(long, value_name = "DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/certs"))]
+    /// The development certificates (a.test, b.test, the CA): the
+    /// repository's certs/ by default.
+    #[arg(long, value_name = "DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../certs"))]
     certs: PathBuf,
     #[command(subcommand)]
     command: Option<Cmd>,
