@@ -6,7 +6,6 @@
 //! then sends the close frame. Each of those is a small function here; the
 //! loop only chooses which runs next.
 
-use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -18,7 +17,7 @@ use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::CancellationToken;
 use tracing::{Span, debug, info};
 
 use crate::address::CallId;
@@ -133,8 +132,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
-    let mut keep = Keepalive::new(cfg);
-    let timer = sleep_until(keep.next(Instant::now(), None));
+    let mut keep = Keepalive::new();
+    let timer = sleep_until(keep.next(Instant::now(), None, cfg));
     tokio::pin!(timer);
     // Grows on the first frame: an idle socket holds no batch buffer.
     let mut batch: Vec<Out> = Vec::new();
@@ -149,7 +148,19 @@ where
             biased;
             _ = &mut ended => return Some(killed(ws, rx, &mut batch, h, shutdown).await),
             n = rx.recv_many(&mut batch, WRITE_BATCH) => {
-                if n == 0 || write_unless_killed(ws, &mut batch, h, ended.as_mut()).await.is_err() {
+                if n == 0 {
+                    return None;
+                }
+                // The batch first: it usually completes at once, and the
+                // token is only polled while the socket cannot take it.
+                // Inline, not an async fn: that made every idle socket's
+                // task larger (docs/performance.md).
+                let res = tokio::select! {
+                    biased;
+                    r = write_batch(ws, &mut batch, h) => r,
+                    _ = &mut ended => Err(WsError::ConnectionClosed),
+                };
+                if res.is_err() {
                     return None;
                 }
                 // Attach/detach may have moved the handler's own deadline.
@@ -160,33 +171,35 @@ where
                 }
             }
             msg = ws.next() => {
-                if let Some(next) = keep.heard(Instant::now()) {
+                if let Some(next) = keep.heard(Instant::now(), cfg) {
                     timer.as_mut().reset(next);
                 }
-                match read(msg, h, cfg.max_frame_bytes) {
-                    Read::Go => {}
+                // Decided before any await, so that no temporary of the
+                // decision is kept in the task across it.
+                let answer_close = match read(msg, h, cfg.max_frame_bytes) {
+                    Read::Go => false,
                     Read::End(close) => return close,
-                    Read::AnswerClose => {
-                        // tungstenite has queued the answer to the peer's
-                        // close: send it, or the peer sees an unclean close.
-                        let _ = tokio::time::timeout(CLOSE_WAIT, ws.flush()).await;
-                        return None;
-                    }
+                    Read::AnswerClose => true,
+                };
+                if answer_close {
+                    // tungstenite has queued the answer to the peer's
+                    // close: send it, or the peer sees an unclean close.
+                    let _ = tokio::time::timeout(CLOSE_WAIT, ws.flush()).await;
+                    return None;
                 }
             }
             () = &mut timer => {
                 let now = Instant::now();
-                match keep.due(now, h) {
-                    Due::Nothing => {}
+                let ping = match keep.due(now, h, cfg) {
+                    Due::Nothing => false,
+                    Due::Ping => true,
                     Due::Dead => return None,
                     Due::Close(c) => return Some(c),
-                    Due::Ping => {
-                        if ws.send(Message::Ping(Default::default())).await.is_err() {
-                            return None;
-                        }
-                    }
+                };
+                if ping && ws.send(Message::Ping(Default::default())).await.is_err() {
+                    return None;
                 }
-                timer.as_mut().reset(keep.next(now, h.wake_at()));
+                timer.as_mut().reset(keep.next(now, h.wake_at(), cfg));
             }
         }
     }
@@ -278,12 +291,12 @@ fn read<H: Handler>(msg: Option<Result<Message, WsError>>, h: &mut H, max_frame:
     }
 }
 
-/// When to ping a quiet socket and when to give up on a silent one.
+/// When to ping a quiet socket and when to give up on a silent one (the
+/// timings are the [`PumpConfig`]'s: not copied, as this lives in every
+/// idle socket's task).
 struct Keepalive {
     last_heard: Instant,
     pinged: bool,
-    ping_after: Duration,
-    dead_after: Duration,
 }
 
 /// What the keepalive timer found due.
@@ -298,29 +311,27 @@ enum Due {
 }
 
 impl Keepalive {
-    fn new(cfg: &PumpConfig) -> Self {
+    fn new() -> Self {
         Keepalive {
             last_heard: Instant::now(),
             pinged: false,
-            ping_after: cfg.ping_after,
-            dead_after: cfg.dead_after,
         }
     }
 
     /// Something was read. Returns the timer's new deadline when it moved:
     /// once pinged, the timer waits for the dead line; heard again, the
     /// next ping is due after `ping_after` of quiet, not 25 s later.
-    fn heard(&mut self, now: Instant) -> Option<Instant> {
+    fn heard(&mut self, now: Instant, cfg: &PumpConfig) -> Option<Instant> {
         self.last_heard = now;
         if !self.pinged {
             return None;
         }
         self.pinged = false;
-        Some(now + self.ping_after)
+        Some(now + cfg.ping_after)
     }
 
-    fn due<H: Handler>(&mut self, now: Instant, h: &mut H) -> Due {
-        if self.pinged && now >= self.last_heard + self.dead_after {
+    fn due<H: Handler>(&mut self, now: Instant, h: &mut H, cfg: &PumpConfig) -> Due {
+        if self.pinged && now >= self.last_heard + cfg.dead_after {
             h.metrics().refused(Refusal::Silent);
             info!(parent: h.span(), "silent for too long: dropping");
             return Due::Dead;
@@ -328,7 +339,7 @@ impl Keepalive {
         if let Some(c) = h.on_tick(now) {
             return Due::Close(c);
         }
-        if !self.pinged && now >= self.last_heard + self.ping_after {
+        if !self.pinged && now >= self.last_heard + cfg.ping_after {
             self.pinged = true;
             return Due::Ping;
         }
@@ -337,12 +348,12 @@ impl Keepalive {
 
     /// When the timer should fire next: the keepalive's own line, or the
     /// handler's deadline if sooner (but not in a busy loop).
-    fn next(&self, now: Instant, wake: Option<Instant>) -> Instant {
+    fn next(&self, now: Instant, wake: Option<Instant>, cfg: &PumpConfig) -> Instant {
         let next = self.last_heard
             + if self.pinged {
-                self.dead_after
+                cfg.dead_after
             } else {
-                self.ping_after
+                cfg.ping_after
             };
         wake.map_or(next, |w| w.max(now + Duration::from_millis(10)).min(next))
     }
@@ -369,26 +380,6 @@ async fn flush_for_shutdown<S, H>(
         write_batch(ws, batch, h).await
     };
     let _ = tokio::time::timeout(SHUTDOWN_FLUSH, flush).await;
-}
-
-/// Writes a batch, unless the socket is killed while it cannot take it.
-/// The batch first: it usually completes at once, and the token is only
-/// polled while the socket is blocked.
-async fn write_unless_killed<S, H>(
-    ws: &mut WebSocketStream<S>,
-    batch: &mut Vec<Out>,
-    h: &mut H,
-    ended: Pin<&mut WaitForCancellationFuture<'_>>,
-) -> Result<(), WsError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    H: Handler,
-{
-    tokio::select! {
-        biased;
-        r = write_batch(ws, batch, h) => r,
-        _ = ended => Err(WsError::ConnectionClosed),
-    }
 }
 
 /// Writes queued frames with one flush, and applies attach/detach.

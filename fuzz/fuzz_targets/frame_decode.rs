@@ -61,7 +61,7 @@ fn check(text: &str) {
                 assert_eq!(e, FrameError::NotJson, "{text:?} is not JSON");
             }
             assert_eq!(
-                e.close_code(),
+                e.close_code().get(),
                 if e == FrameError::NotJson { 1007 } else { 1002 }
             );
             return;
@@ -147,9 +147,9 @@ fn check_fields(f: &frame::Inbound<'_>, content: Option<&Value>) {
             }
         }
         (Body::Bye(b), Keyword::Bye) => {
-            assert!((100..=699).contains(&b.code));
+            assert!((100..=699).contains(&b.code.get()));
             let v = content.unwrap();
-            assert_eq!(v["code"].as_u64(), Some(u64::from(b.code)));
+            assert_eq!(v["code"].as_u64(), Some(u64::from(b.code.get())));
             let d = &v["description"];
             assert!(d.is_null() || d.is_string());
         }
