@@ -132,8 +132,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
-    let mut keep = Keepalive::new();
-    let timer = sleep_until(keep.next(Instant::now(), None, cfg));
+    let mut last_heard = Instant::now();
+    let mut pinged = false;
+    let timer = sleep_until(keepalive::next(last_heard, pinged, last_heard, None, cfg));
     tokio::pin!(timer);
     // Grows on the first frame: an idle socket holds no batch buffer.
     let mut batch: Vec<Out> = Vec::new();
@@ -171,7 +172,7 @@ where
                 }
             }
             msg = ws.next() => {
-                if let Some(next) = keep.heard(Instant::now(), cfg) {
+                if let Some(next) = keepalive::heard(&mut last_heard, &mut pinged, Instant::now(), cfg) {
                     timer.as_mut().reset(next);
                 }
                 // Decided before any await, so that no temporary of the
@@ -190,7 +191,7 @@ where
             }
             () = &mut timer => {
                 let now = Instant::now();
-                let ping = match keep.due(now, h, cfg) {
+                let ping = match keepalive::due(last_heard, &mut pinged, now, h, cfg) {
                     Due::Nothing => false,
                     Due::Ping => true,
                     Due::Dead => return None,
@@ -199,7 +200,9 @@ where
                 if ping && ws.send(Message::Ping(Default::default())).await.is_err() {
                     return None;
                 }
-                timer.as_mut().reset(keep.next(now, h.wake_at(), cfg));
+                timer
+                    .as_mut()
+                    .reset(keepalive::next(last_heard, pinged, now, h.wake_at(), cfg));
             }
         }
     }
@@ -291,14 +294,6 @@ fn read<H: Handler>(msg: Option<Result<Message, WsError>>, h: &mut H, max_frame:
     }
 }
 
-/// When to ping a quiet socket and when to give up on a silent one (the
-/// timings are the [`PumpConfig`]'s: not copied, as this lives in every
-/// idle socket's task).
-struct Keepalive {
-    last_heard: Instant,
-    pinged: bool,
-}
-
 /// What the keepalive timer found due.
 enum Due {
     Nothing,
@@ -310,28 +305,39 @@ enum Due {
     Close(Close),
 }
 
-impl Keepalive {
-    fn new() -> Self {
-        Keepalive {
-            last_heard: Instant::now(),
-            pinged: false,
-        }
-    }
+/// When to ping a quiet socket and when to give up on a silent one. The
+/// state is two locals of the pump, `last_heard` and `pinged`, and the
+/// timings are the [`PumpConfig`]'s: as a struct it would add its padding
+/// to every idle socket's task.
+mod keepalive {
+    use super::*;
 
-    /// Something was read. Returns the timer's new deadline when it moved:
-    /// once pinged, the timer waits for the dead line; heard again, the
-    /// next ping is due after `ping_after` of quiet, not 25 s later.
-    fn heard(&mut self, now: Instant, cfg: &PumpConfig) -> Option<Instant> {
-        self.last_heard = now;
-        if !self.pinged {
+    /// Something was read at `now`. Returns the timer's new deadline when
+    /// it moved: once pinged, the timer waits for the dead line; heard
+    /// again, the next ping is due after `ping_after` of quiet, not 25 s
+    /// later.
+    pub(super) fn heard(
+        last_heard: &mut Instant,
+        pinged: &mut bool,
+        now: Instant,
+        cfg: &PumpConfig,
+    ) -> Option<Instant> {
+        *last_heard = now;
+        if !std::mem::take(pinged) {
             return None;
         }
-        self.pinged = false;
         Some(now + cfg.ping_after)
     }
 
-    fn due<H: Handler>(&mut self, now: Instant, h: &mut H, cfg: &PumpConfig) -> Due {
-        if self.pinged && now >= self.last_heard + cfg.dead_after {
+    /// What is due when the timer fires at `now`.
+    pub(super) fn due<H: Handler>(
+        last_heard: Instant,
+        pinged: &mut bool,
+        now: Instant,
+        h: &mut H,
+        cfg: &PumpConfig,
+    ) -> Due {
+        if *pinged && now >= last_heard + cfg.dead_after {
             h.metrics().refused(Refusal::Silent);
             info!(parent: h.span(), "silent for too long: dropping");
             return Due::Dead;
@@ -339,8 +345,8 @@ impl Keepalive {
         if let Some(c) = h.on_tick(now) {
             return Due::Close(c);
         }
-        if !self.pinged && now >= self.last_heard + cfg.ping_after {
-            self.pinged = true;
+        if !*pinged && now >= last_heard + cfg.ping_after {
+            *pinged = true;
             return Due::Ping;
         }
         Due::Nothing
@@ -348,9 +354,15 @@ impl Keepalive {
 
     /// When the timer should fire next: the keepalive's own line, or the
     /// handler's deadline if sooner (but not in a busy loop).
-    fn next(&self, now: Instant, wake: Option<Instant>, cfg: &PumpConfig) -> Instant {
-        let next = self.last_heard
-            + if self.pinged {
+    pub(super) fn next(
+        last_heard: Instant,
+        pinged: bool,
+        now: Instant,
+        wake: Option<Instant>,
+        cfg: &PumpConfig,
+    ) -> Instant {
+        let next = last_heard
+            + if pinged {
                 cfg.dead_after
             } else {
                 cfg.ping_after
