@@ -29,8 +29,8 @@ pub struct App {
     pub router: Arc<Router>,
     pub metrics: Arc<Metrics>,
     pub tokens: Tokens,
-    /// The users file, when `[auth] users` is set.
-    pub users: Option<Arc<UsersFile>>,
+    /// The users file, when `[auth] users` is set; replaced on reload.
+    users: std::sync::RwLock<Option<Arc<UsersFile>>>,
     /// Bounds concurrent password checks.
     pub login_gate: Semaphore,
     /// Links to other domains, when `[federation]` is configured.
@@ -50,12 +50,8 @@ impl App {
     /// Loads what the config names (users file, TLS certificate, link
     /// key) and builds the shared state.
     pub fn build(config: Config) -> Result<App, StartError> {
-        let users = match &config.auth.users {
-            Some(path) => Some(Arc::new(UsersFile::load(path)?)),
-            None => None,
-        };
-        let known: Option<HashSet<String>> =
-            users.as_ref().map(|u| u.users.keys().cloned().collect());
+        let users = load_users(&config)?;
+        let known = known_users(users.as_deref());
         let tls = config.tls.as_ref().map(load_tls).transpose()?;
         let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
@@ -84,7 +80,7 @@ impl App {
             config,
             router,
             metrics,
-            users,
+            users: std::sync::RwLock::new(users),
             login_gate: Semaphore::new(2),
             links,
             shutdown,
@@ -93,6 +89,11 @@ impl App {
             tls: std::sync::RwLock::new(tls),
         };
         Ok(app)
+    }
+
+    /// The users file, when `[auth] users` is set (as last loaded).
+    pub fn users(&self) -> Option<Arc<UsersFile>> {
+        self.users.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Begins the graceful shutdown, once: every untransferred call ends
@@ -114,8 +115,10 @@ impl App {
     }
 
     /// Applies what can change without a restart (SIGHUP): the TLS
-    /// certificate and key, and the federation allow/deny lists. Sockets and
-    /// links stay up; new connections get the new certificate. Returns the
+    /// certificate and key, the users file (new passwords, removed users:
+    /// their tokens are refused at the next connect, calls to them get
+    /// 404), and the federation allow/deny lists. Sockets and links stay
+    /// up; new connections get the new certificate. Returns the
     /// keys whose change was ignored because it needs a restart. On error
     /// nothing is changed.
     pub fn reload(&self, new: &Config) -> Result<Vec<&'static str>, StartError> {
@@ -133,17 +136,21 @@ impl App {
         if new.federation.is_some() != old.federation.is_some() {
             ignored.push("federation");
         }
+        // Everything is read before anything is applied.
         let tls = match (&new.tls, &old.tls) {
             (Some(t), Some(_)) => Some(load_tls(t)?),
             _ => None,
         };
+        let users = load_users(new)?;
         if let Some(acceptor) = tls {
             *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Some(acceptor);
         }
+        self.router.set_known_users(known_users(users.as_deref()));
+        *self.users.write().unwrap_or_else(|e| e.into_inner()) = users;
         if let (Some(links), Some(fed)) = (&self.links, &new.federation) {
             links.set_policy(fed.allow.clone(), fed.deny.clone());
         }
-        info!(ignored = ?ignored, "configuration reloaded: TLS certificate and federation policy");
+        info!(ignored = ?ignored, "configuration reloaded: TLS certificate, users file and federation policy");
         Ok(ignored)
     }
 }
@@ -158,6 +165,19 @@ pub enum StartError {
     Bind(SocketAddr, std::io::Error),
     #[error(transparent)]
     Links(#[from] LinksError),
+}
+
+/// The users file the config names, if any.
+fn load_users(config: &Config) -> Result<Option<Arc<UsersFile>>, UsersError> {
+    match &config.auth.users {
+        Some(path) => Ok(Some(Arc::new(UsersFile::load(path)?))),
+        None => Ok(None),
+    }
+}
+
+/// The names in a users file, for the router's 404.
+fn known_users(users: Option<&UsersFile>) -> Option<HashSet<String>> {
+    users.map(|u| u.users.keys().cloned().collect())
 }
 
 fn load_tls(tls: &crate::config::Tls) -> Result<TlsAcceptor, StartError> {

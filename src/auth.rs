@@ -30,6 +30,8 @@ pub enum TokenError {
     BadSubject,
     #[error("the access token is for another domain")]
     WrongDomain,
+    #[error("the access token's user is not in this server's users file")]
+    UnknownUser,
 }
 
 impl TokenError {
@@ -41,6 +43,7 @@ impl TokenError {
             TokenError::Invalid => "invalid-token",
             TokenError::BadSubject => "invalid-token",
             TokenError::WrongDomain => "wrong-domain",
+            TokenError::UnknownUser => "unknown-user",
         }
     }
 }

@@ -16,7 +16,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -119,8 +119,9 @@ type Slot = Arc<Mutex<CallState>>;
 pub struct Router {
     domain: String,
     limits: Limits,
-    /// With a users file: the users that exist (others get 404).
-    known_users: Option<HashSet<String>>,
+    /// With a users file: the users that exist (others get 404). Replaced
+    /// when the users file is reloaded; read for each local invite.
+    known_users: RwLock<Option<Arc<HashSet<String>>>>,
     metrics: Arc<Metrics>,
     sessions: DashMap<Address, SmallVec<[Peer; 2]>>,
     calls: DashMap<CallId, Slot>,
@@ -145,7 +146,7 @@ impl Router {
         Router {
             domain,
             limits,
-            known_users,
+            known_users: RwLock::new(known_users.map(Arc::new)),
             metrics,
             sessions: DashMap::new(),
             calls: DashMap::new(),
@@ -158,6 +159,18 @@ impl Router {
 
     pub fn domain(&self) -> &str {
         &self.domain
+    }
+
+    /// Replaces the users that exist (the users file was reloaded).
+    pub fn set_known_users(&self, known: Option<HashSet<String>>) {
+        *self.known_users.write().unwrap_or_else(|e| e.into_inner()) = known.map(Arc::new);
+    }
+
+    fn known_users(&self) -> Option<Arc<HashSet<String>>> {
+        self.known_users
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -376,7 +389,7 @@ impl Router {
             let link = remote.clone().peer_for(self, callee.domain())?;
             return Ok(smallvec::smallvec![link]);
         }
-        if let Some(known) = &self.known_users
+        if let Some(known) = self.known_users()
             && !known.contains(callee.user())
         {
             return Err(ServerBye::NO_SUCH_USER.into());

@@ -645,11 +645,16 @@ fn switching_protocols(accept: &str, offered: bool) -> Response<Body> {
     r
 }
 
-/// Checks the request's access token (as for `/wsp`).
+/// Checks the request's access token (as for `/wsp`). With a users file,
+/// the token's user must still be in it (as last reloaded).
 fn authenticate(app: &App, req: &Request<Incoming>) -> Result<Address, TokenError> {
     bearer_token(req)
         .ok_or(TokenError::Missing)
         .and_then(|t| app.tokens.verify(&t))
+        .and_then(|user| match app.users() {
+            Some(users) if !users.contains(user.user()) => Err(TokenError::UnknownUser),
+            _ => Ok(user),
+        })
         .inspect_err(|_| app.metrics.refused(Refusal::Unauthorized))
 }
 
@@ -703,7 +708,7 @@ struct Login {
 }
 
 async fn login(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    let Some(users) = app.users.clone() else {
+    let Some(users) = app.users() else {
         return json_error(
             StatusCode::NOT_FOUND,
             "no-users-file",

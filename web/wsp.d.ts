@@ -115,7 +115,7 @@ export type Bye = {
 };
 export type CallState = 'inviting' | 'ringing' | 'connecting' | 'connected' | 'transferred' | 'closed';
 export type ConnectionState = 'new' | 'connecting' | 'connected' | 'reconnecting' | 'closed';
-export type WspErrorCode = 'missing-token' | 'invalid-token' | 'token-expired' | 'wrong-domain' | 'connect-failed' | 'bad-url' | 'closed' | 'not-connected' | 'bad-state' | 'bad-frame' | 'unknown-call' | 'refused' | 'socket-closed' | 'buffer-full' | 'bad-message' | 'webrtc';
+export type WspErrorCode = 'missing-token' | 'invalid-token' | 'token-expired' | 'wrong-domain' | 'unknown-user' | 'connect-failed' | 'bad-url' | 'closed' | 'not-connected' | 'bad-state' | 'bad-frame' | 'unknown-call' | 'refused' | 'socket-closed' | 'buffer-full' | 'bad-message' | 'webrtc';
 export type Timers = {
     setTimeout: (callback: () => void, ms: number) => unknown;
     clearTimeout: (handle: unknown) => void;
@@ -238,8 +238,8 @@ export type AcceptOptions = {
 /**
  * The `code` of a {@link WspError}:
  *
- * - `missing-token`, `invalid-token`, `token-expired`, `wrong-domain`: the
- *   server refused the token (final: never retried);
+ * - `missing-token`, `invalid-token`, `token-expired`, `wrong-domain`,
+ *   `unknown-user`: the server refused the token (final: never retried);
  * - `connect-failed`: the first socket could not be opened;
  * - `bad-url`: the URL given to `connect()` is not a ws:, wss:, http: or
  *   https: URL;
@@ -259,7 +259,7 @@ export type AcceptOptions = {
  * - `bad-message`: `send()` was given something JSON cannot encode;
  * - `webrtc`: an RTCPeerConnection operation failed (see `cause`).
  *
- * @typedef {'missing-token'|'invalid-token'|'token-expired'|'wrong-domain'|'connect-failed'|'bad-url'|'closed'|'not-connected'|'bad-state'|'bad-frame'|'unknown-call'|'refused'|'socket-closed'|'buffer-full'|'bad-message'|'webrtc'} WspErrorCode
+ * @typedef {'missing-token'|'invalid-token'|'token-expired'|'wrong-domain'|'unknown-user'|'connect-failed'|'bad-url'|'closed'|'not-connected'|'bad-state'|'bad-frame'|'unknown-call'|'refused'|'socket-closed'|'buffer-full'|'bad-message'|'webrtc'} WspErrorCode
  */
 /**
  * Timers, injectable for tests.

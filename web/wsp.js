@@ -199,8 +199,8 @@ const BYE_DESCRIPTIONS = /** @type {Record<number, string>} */ ({
 /**
  * The `code` of a {@link WspError}:
  *
- * - `missing-token`, `invalid-token`, `token-expired`, `wrong-domain`: the
- *   server refused the token (final: never retried);
+ * - `missing-token`, `invalid-token`, `token-expired`, `wrong-domain`,
+ *   `unknown-user`: the server refused the token (final: never retried);
  * - `connect-failed`: the first socket could not be opened;
  * - `bad-url`: the URL given to `connect()` is not a ws:, wss:, http: or
  *   https: URL;
@@ -220,7 +220,7 @@ const BYE_DESCRIPTIONS = /** @type {Record<number, string>} */ ({
  * - `bad-message`: `send()` was given something JSON cannot encode;
  * - `webrtc`: an RTCPeerConnection operation failed (see `cause`).
  *
- * @typedef {'missing-token'|'invalid-token'|'token-expired'|'wrong-domain'|'connect-failed'|'bad-url'|'closed'|'not-connected'|'bad-state'|'bad-frame'|'unknown-call'|'refused'|'socket-closed'|'buffer-full'|'bad-message'|'webrtc'} WspErrorCode
+ * @typedef {'missing-token'|'invalid-token'|'token-expired'|'wrong-domain'|'unknown-user'|'connect-failed'|'bad-url'|'closed'|'not-connected'|'bad-state'|'bad-frame'|'unknown-call'|'refused'|'socket-closed'|'buffer-full'|'bad-message'|'webrtc'} WspErrorCode
  */
 
 /**
@@ -496,7 +496,7 @@ function httpUrl(u) {
 }
 
 /** The token refusal ids of docs/protocol.md. */
-const TOKEN_ERRORS = new Set(['missing-token', 'invalid-token', 'token-expired', 'wrong-domain']);
+const TOKEN_ERRORS = new Set(['missing-token', 'invalid-token', 'token-expired', 'wrong-domain', 'unknown-user']);
 
 /**
  * Calls an application callback with `this` bound. An exception it throws

@@ -315,9 +315,10 @@ async fn callee_without_a_socket_is_offline_480() {
 #[tokio::test]
 async fn no_such_user_is_404_with_a_users_file() {
     let dir = temp_dir("calls-404");
-    // Only bob is a user (one argon2 hash is slow enough in a debug
-    // build); alice's socket needs just its token.
+    // Alice and bob are users; carol is not. Only the users file's users
+    // may connect.
     let mut users = wspd::auth::UsersFile::default();
+    users.set("alice", "alice-password").unwrap();
     users.set("bob", "bob-password").unwrap();
     users.save(&dir.join("users.toml")).unwrap();
     let s = TestServer::start(config_in("localhost", "users = \"users.toml\"", &dir)).await;

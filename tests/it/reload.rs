@@ -90,6 +90,56 @@ async fn a_new_policy_applies_to_the_next_call() {
     bob.expect("invite").await;
 }
 
+/// `POST /token` for `user` with `password`: the HTTP status.
+async fn login(s: &TestServer, user: &str, password: &str) -> u16 {
+    let body = serde_json::json!({ "user": user, "password": password }).to_string();
+    let headers = [("content-type", "application/json")];
+    http(s.addr(), "POST", "/token", &headers, &body).await.0
+}
+
+/// A reloaded users file: a changed password applies to the next login, a
+/// removed user's token is refused at the next connect and calls to it get
+/// 404, while its socket already open stays.
+#[tokio::test]
+async fn a_reloaded_users_file_applies_to_the_next_login_and_connect() {
+    let dir = temp_dir("reload-users");
+    let path = dir.join("users.toml");
+    let mut users = wspd::auth::UsersFile::default();
+    users.set("alice", "old-password").unwrap();
+    users.set("bob", "bob-password").unwrap();
+    users.save(&path).unwrap();
+    let cfg = config_in("localhost", "users = \"users.toml\"", &dir);
+    let s = TestServer::start(cfg.clone()).await;
+    let mut alice = s.connect_online("alice@localhost").await;
+    let mut bob = s.connect_online("bob@localhost").await;
+    assert_eq!(login(&s, "alice", "old-password").await, 200);
+
+    users.set("alice", "new-password").unwrap();
+    users.users.remove("bob");
+    users.save(&path).unwrap();
+    let ignored = s.running.app.reload(&cfg).unwrap();
+    assert!(ignored.is_empty(), "{ignored:?}");
+
+    assert_eq!(login(&s, "alice", "old-password").await, 401);
+    assert_eq!(login(&s, "alice", "new-password").await, 200);
+    assert_eq!(login(&s, "bob", "bob-password").await, 401);
+    let (status, body) = try_connect(&s.url(), &s.token("bob@localhost"))
+        .await
+        .err()
+        .expect("bob's token is refused");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("unknown-user"), "{body}");
+    alice
+        .send(invite("alice@localhost", "bob@localhost", "to-removed-1"))
+        .await;
+    alice.expect_bye(404).await;
+    // Bob's socket opened before the reload is still served; alice's
+    // token still connects.
+    bob.expect_nothing().await;
+    s.connect_online("alice@localhost").await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The signal itself, on the real binary.
 #[tokio::test]
 async fn sighup_reloads_the_running_binary() {
