@@ -19,6 +19,7 @@ use tracing::info;
 
 use crate::auth::{Tokens, UsersError, UsersFile};
 use crate::config::Config;
+use crate::devcerts;
 use crate::federation::links::{Links, LinksError};
 use crate::metrics::Metrics;
 use crate::router::{Remote, Router};
@@ -52,6 +53,7 @@ impl App {
     pub fn build(config: Config) -> Result<App, StartError> {
         let users = load_users(&config)?;
         let known = known_users(users.as_deref());
+        refuse_dev_certs(&config, config.listen)?;
         let tls = config.tls.as_ref().map(load_tls).transpose()?;
         let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
@@ -138,7 +140,10 @@ impl App {
         }
         // Everything is read before anything is applied.
         let tls = match (&new.tls, &old.tls) {
-            (Some(t), Some(_)) => Some(load_tls(t)?),
+            (Some(t), Some(_)) => {
+                refuse_dev_certs(new, old.listen)?;
+                Some(load_tls(t)?)
+            }
             _ => None,
         };
         let users = load_users(new)?;
@@ -165,6 +170,8 @@ pub enum StartError {
     Bind(SocketAddr, std::io::Error),
     #[error(transparent)]
     Links(#[from] LinksError),
+    #[error(transparent)]
+    DevCert(#[from] devcerts::DevCertError),
 }
 
 /// The users file the config names, if any.
@@ -178,6 +185,20 @@ fn load_users(config: &Config) -> Result<Option<Arc<UsersFile>>, UsersError> {
 /// The names in a users file, for the router's 404.
 fn known_users(users: Option<&UsersFile>) -> Option<HashSet<String>> {
     users.map(|u| u.users.keys().cloned().collect())
+}
+
+/// Refuses the development certificates of `certs/` (as `[tls] cert` or
+/// `[federation] ca`) unless `listen` is loopback.
+pub fn refuse_dev_certs(config: &Config, listen: SocketAddr) -> Result<(), StartError> {
+    // The trust first: a development CA makes every development
+    // certificate valid for any domain it names.
+    if let Some(ca) = config.federation.as_ref().and_then(|f| f.ca.as_deref()) {
+        devcerts::refuse_on_public("[federation] ca", ca, listen)?;
+    }
+    if let Some(tls) = &config.tls {
+        devcerts::refuse_on_public("[tls] cert", &tls.cert, listen)?;
+    }
+    Ok(())
 }
 
 fn load_tls(tls: &crate::config::Tls) -> Result<TlsAcceptor, StartError> {

@@ -17,7 +17,7 @@
 //! - [`call`]: the call state machine, sans-IO;
 //! - [`frame`]: the wire: frames, JSON, typed bye and close codes;
 //! - [`auth`]: access tokens and the users file;
-//! - [`config`], [`address`], [`limits`], [`metrics`], [`logging`]: the
+//! - [`config`], [`address`], [`limits`], [`logging`], [`devcerts`]: the
 //!   leaves.
 
 pub mod address;
@@ -25,6 +25,7 @@ pub mod app;
 pub mod auth;
 pub mod call;
 pub mod config;
+pub mod devcerts;
 pub mod federation;
 pub mod frame;
 pub mod limits;

@@ -69,6 +69,8 @@ pub struct Running {
 impl Server {
     /// Binds `config.listen` and builds the server.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
+        // Before binding: a refused configuration never listens.
+        crate::app::refuse_dev_certs(&config, config.listen)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Bind(config.listen, e))?;

@@ -381,6 +381,42 @@ async fn refuses_config(dir: &Path, name: &str, text: &str, needles: &[&str]) {
     );
 }
 
+/// The certificates of `certs/` (their keys are published) are refused off
+/// loopback, as a server certificate and as a trusted CA; the server never
+/// listens.
+#[tokio::test]
+async fn development_certificates_are_refused_off_loopback() {
+    let dir = temp_dir("cli-devcerts");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let tls = format!(
+        "[tls]\ncert = \"{root}/certs/localhost.pem\"\nkey = \"{root}/certs/localhost-key.pem\"\n"
+    );
+    refuses_config(
+        &dir,
+        "dev-cert.toml",
+        &config_text("0.0.0.0:0", "", &tls),
+        &["[tls] cert", "development certificate", "0.0.0.0"],
+    )
+    .await;
+    // Federation needs [tls]: the CA is named first, as the graver.
+    let fed = format!(
+        "{tls}[federation]\nkey = \"{}\"\nca = \"{root}/certs/ca.pem\"\n",
+        dir.join("link.key").display()
+    );
+    refuses_config(
+        &dir,
+        "dev-ca.toml",
+        &config_text("0.0.0.0:0", "", &fed),
+        &["[federation] ca", "development certificate"],
+    )
+    .await;
+    assert!(
+        !dir.join("link.key").exists(),
+        "refused before anything was made"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test]
 async fn bad_configuration_stops_the_server_with_the_key_named() {
     let dir = temp_dir("cli-config");
