@@ -98,6 +98,10 @@ pub struct Federation {
     pub invite_burst: u32,
     /// Calls in flight from one origin domain at most.
     pub calls_per_link: usize,
+    /// Addresses found through DNS may be loopback, private, link-local...
+    /// (never, by default: DNS is the other side's to choose). Domains of
+    /// `peers` are exempt.
+    pub allow_private_addresses: bool,
 }
 
 /// A `host:port` from `[federation.peers]`.
@@ -211,6 +215,7 @@ struct RawFederation {
     invites_per_second: Option<u32>,
     invite_burst: Option<u32>,
     calls_per_link: Option<usize>,
+    allow_private_addresses: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -487,6 +492,7 @@ fn federation(f: RawFederation, base: &Path) -> Result<Federation, ConfigError> 
         invites_per_second: f.invites_per_second.unwrap_or(100),
         invite_burst: f.invite_burst.unwrap_or(200),
         calls_per_link: f.calls_per_link.unwrap_or(10_000),
+        allow_private_addresses: f.allow_private_addresses.unwrap_or(false),
     };
     check_federation(&fed)?;
     Ok(fed)

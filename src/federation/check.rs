@@ -302,6 +302,10 @@ impl Probe<'_> {
                 fed.lookup_timeout
             ),
             DiscoveryError::Failed(why) => format!("DNS lookup failed (bye {DNS_TIMEOUT}): {why}"),
+            DiscoveryError::PrivateOnly(why) => format!(
+                "DNS names no address this server may connect to (bye {NO_SERVICE}): {why}; \
+                 set [federation] allow_private_addresses = true only if that is meant"
+            ),
         };
         report.fail(
             "dns",

@@ -53,13 +53,18 @@ pub enum DiscoveryError {
     /// Any other resolver failure (SERVFAIL, refused, I/O): bye 504
     #[error("DNS lookup failed: {0}")]
     Failed(String),
+    /// DNS named only addresses this server may not connect to (loopback,
+    /// private, link-local...; see `federation.allow_private_addresses`):
+    /// bye 604
+    #[error("no address this server may connect to: {0}")]
+    PrivateOnly(String),
 }
 
 impl DiscoveryError {
     /// The bye code a call to the domain ends with.
     pub fn bye_code(&self) -> ByeCode {
         match self {
-            DiscoveryError::NoService(_) => ByeCode::NO_SERVICE,
+            DiscoveryError::NoService(_) | DiscoveryError::PrivateOnly(_) => ByeCode::NO_SERVICE,
             DiscoveryError::Timeout | DiscoveryError::Failed(_) => ByeCode::GATEWAY_TIMEOUT,
         }
     }
@@ -70,6 +75,7 @@ impl DiscoveryError {
             DiscoveryError::NoService(_) => "no_service",
             DiscoveryError::Timeout => "timeout",
             DiscoveryError::Failed(_) => "error",
+            DiscoveryError::PrivateOnly(_) => "private",
         }
     }
 }
@@ -88,6 +94,8 @@ struct Inner {
     failure_cache: Duration,
     failures: Mutex<Failures>,
     metrics: Arc<Metrics>,
+    /// `federation.allow_private_addresses`.
+    allow_private: bool,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -139,6 +147,7 @@ impl Discovery {
                 failure_cache: fed.failure_cache,
                 failures: Mutex::new(Failures::default()),
                 metrics,
+                allow_private: fed.allow_private_addresses,
             }),
         })
     }
@@ -157,7 +166,10 @@ impl Discovery {
         let found = match tokio::time::timeout(inner.lookup_timeout, async {
             match over {
                 Some(hp) => inner.by_override(hp).await,
-                None => inner.by_dns(&domain).await,
+                None => inner
+                    .by_dns(&domain)
+                    .await
+                    .and_then(|a| inner.public_only(a)),
             }
         })
         .await
@@ -459,8 +471,93 @@ impl Failures {
     }
 }
 
+impl Inner {
+    /// Drops the addresses DNS may not aim this server at, unless the
+    /// operator allowed them.
+    fn public_only(&self, addrs: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, DiscoveryError> {
+        if self.allow_private {
+            return Ok(addrs);
+        }
+        let found = addrs.len();
+        let public: Vec<SocketAddr> = addrs.into_iter().filter(|a| is_public(a.ip())).collect();
+        if public.is_empty() && found > 0 {
+            return Err(DiscoveryError::PrivateOnly(format!(
+                "{found} loopback, private, link-local or otherwise non-public address(es)"
+            )));
+        }
+        Ok(public)
+    }
+}
+
+/// Whether an address is one DNS may point this server at: not loopback,
+/// private (RFC 1918), link-local, CGNAT (100.64.0.0/10), unique-local
+/// (fc00::/7), unspecified, broadcast or multicast.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_public_addresses_are_public() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "100.127.255.255",
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!super::is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "1.1.1.1",
+            "100.63.255.255",
+            "100.128.0.1",
+            "2001:db8::1",
+            "2a00::1",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(super::is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
     use super::*;
 
     fn t(priority: u16, weight: u16, host: &str) -> Target {

@@ -316,7 +316,8 @@ export async function startWspd(scope, { domain, resolver, dir, extra = '', logD
     `key = ${q(path.join(CERTS, `${domain}-key.pem`))}`,
     `[federation]`,
     `key = ${q(path.join(dir, `${domain}-link.key`))}`,
-    ...(resolver ? [`resolver = ${q(resolver)}`] : []),
+    // The test DNS server names loopback addresses.
+    ...(resolver ? [`resolver = ${q(resolver)}`, 'allow_private_addresses = true'] : []),
     `ca = ${q(path.join(CERTS, 'ca.pem'))}`,
     extra,
     '',

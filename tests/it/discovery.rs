@@ -18,7 +18,7 @@ fn federation(dns: &TestDns, extra: &str) -> Federation {
         "a.test",
         &format!(
             "[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
-             [federation]\nresolver = \"{}\"\n{extra}",
+             [federation]\nallow_private_addresses = true\nresolver = \"{}\"\n{extra}",
             dns.addr
         ),
     );

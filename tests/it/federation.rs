@@ -124,7 +124,7 @@ async fn federated_bye_codes() {
         &format!(
             "users = \"{}\"\n[tls]\ncert = \"certs/b.test.pem\"\nkey = \"certs/b.test-key.pem\"\n\
              [limits]\nring_timeout = \"1s\"\n\
-             [federation]\nkey = \"{}\"\nresolver = \"{}\"\nca = \"certs/ca.pem\"\n",
+             [federation]\nallow_private_addresses = true\nkey = \"{}\"\nresolver = \"{}\"\nca = \"certs/ca.pem\"\n",
             users.display(),
             net.key_path("b.test").display(),
             net.dns.addr
@@ -268,7 +268,7 @@ async fn a_certificate_valid_only_for_the_srv_target_is_refused() {
 
 /// Opens a TLS connection to `addr` verified for `domain`; returns it and
 /// its exporter.
-async fn tls_to(
+pub(crate) async fn tls_to(
     addr: SocketAddr,
     domain: &str,
 ) -> (tokio_rustls::client::TlsStream<TcpStream>, [u8; 32]) {
@@ -286,7 +286,7 @@ async fn tls_to(
 }
 
 /// Tries a link upgrade with this header; Ok(ws) or Err(status, body).
-async fn link_upgrade(
+pub(crate) async fn link_upgrade(
     tls: tokio_rustls::client::TlsStream<TcpStream>,
     domain: &str,
     header: &str,

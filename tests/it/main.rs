@@ -10,6 +10,7 @@
 
 mod common;
 
+mod attacks_federation;
 mod browser;
 mod calls;
 mod check;

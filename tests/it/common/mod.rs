@@ -543,7 +543,7 @@ impl Net {
             domain,
             &format!(
                 "[tls]\ncert = \"certs/{cert}.pem\"\nkey = \"certs/{cert}-key.pem\"\n\
-                 [federation]\nkey = \"{}\"\nresolver = \"{}\"\nca = \"certs/ca.pem\"\n\
+                 [federation]\nallow_private_addresses = true\nkey = \"{}\"\nresolver = \"{}\"\nca = \"certs/ca.pem\"\n\
                  lookup_timeout = \"2s\"\nconnect_timeout = \"2s\"\n{extra}",
                 self.key_path(domain).display(),
                 self.dns.addr
@@ -563,7 +563,7 @@ impl Net {
             format!(
                 "domain = \"{domain}\"\nlisten = \"127.0.0.1:0\"\n[auth]\nsecret = \"{SECRET}\"\n\
                  [tls]\ncert = \"{r}/certs/{domain}.pem\"\nkey = \"{r}/certs/{domain}-key.pem\"\n\
-                 [federation]\nkey = \"{}\"\nresolver = \"{}\"\nca = \"{r}/certs/ca.pem\"\n\
+                 [federation]\nallow_private_addresses = true\nkey = \"{}\"\nresolver = \"{}\"\nca = \"{r}/certs/ca.pem\"\n\
                  lookup_timeout = \"2s\"\nconnect_timeout = \"2s\"\n{extra}",
                 self.key_path(domain).display(),
                 self.dns.addr,
@@ -617,7 +617,7 @@ impl Net {
             domain,
             &format!(
                 "[tls]\ncert = \"certs/{cert}.pem\"\nkey = \"certs/{cert}-key.pem\"\n\
-                 [federation]\nkey = \"{}\"\nresolver = \"{resolver}\"\nca = \"certs/ca.pem\"\n\
+                 [federation]\nallow_private_addresses = true\nkey = \"{}\"\nresolver = \"{resolver}\"\nca = \"certs/ca.pem\"\n\
                  lookup_timeout = \"{lookup_timeout}\"\nconnect_timeout = \"2s\"\n{extra}",
                 self.key_path(domain).display(),
             ),

@@ -1,0 +1,119 @@
+//! Attacks through federation that aim the server's outbound connections:
+//! DNS that names loopback or private addresses, for a link or for the key
+//! fetch an unauthenticated upgrade triggers. Each test proves the refusal,
+//! that no connection was made, and that other users are still served.
+
+use std::net::TcpListener;
+use std::path::Path;
+
+use crate::common::*;
+use crate::federation::{link_upgrade, tls_to};
+use wspd::config::Config;
+use wspd::federation::keys::LinkKey;
+
+/// `domain`'s config on this net without `allow_private_addresses`: the
+/// default an operator gets. `extra` adds `[federation]` keys.
+fn default_config(net: &Net, domain: &str, extra: &str) -> Config {
+    config_in(
+        domain,
+        &format!(
+            "[tls]\ncert = \"certs/{domain}.pem\"\nkey = \"certs/{domain}-key.pem\"\n\
+             [federation]\nkey = \"{}\"\nresolver = \"{}\"\nca = \"certs/ca.pem\"\n\
+             lookup_timeout = \"2s\"\nconnect_timeout = \"2s\"\n{extra}",
+            net.key_path(domain).display(),
+            net.dns.addr
+        ),
+        Path::new("."),
+    )
+}
+
+/// An internal service on loopback that the attacker's DNS points at; it
+/// must never see a connection.
+fn internal_service() -> TcpListener {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    l
+}
+
+fn assert_never_connected(l: &TcpListener) {
+    match l.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the server connected to the internal service: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_domain_whose_dns_names_loopback_is_never_connected_to() {
+    let net = Net::new("attack-ssrf-link").await;
+    let service = internal_service();
+    net.publish("evil.test", "evil.test", service.local_addr().unwrap());
+    let a = TestServer::start(default_config(&net, "a.test", "")).await;
+    let mut alice = a.connect_online("alice@a.test").await;
+    let mut carol = a.connect_online("carol@a.test").await;
+
+    alice
+        .send(invite("alice@a.test", "bob@evil.test", "ssrf-link-1"))
+        .await;
+    let f = alice.expect_bye(604).await;
+    assert!(
+        !f.to_string().contains("127.0.0.1"),
+        "no address in the bye: {f}"
+    );
+    assert_never_connected(&service);
+    assert_eq!(
+        a.metric("wspd_dns_lookups_total{result=\"private\"}").await,
+        1.0
+    );
+    // Everyone else is served.
+    alice
+        .send(invite("alice@a.test", "carol@a.test", "local-call-1"))
+        .await;
+    carol.expect("invite").await;
+}
+
+#[tokio::test]
+async fn an_upgrade_naming_an_origin_on_loopback_makes_no_key_fetch() {
+    let net = Net::new("attack-ssrf-keys").await;
+    let service = internal_service();
+    net.publish("evil.test", "evil.test", service.local_addr().unwrap());
+    let a = TestServer::start(default_config(&net, "a.test", "")).await;
+    net.publish("a.test", "a.test", a.addr());
+    let mut alice = a.connect_online("alice@a.test").await;
+    let mut carol = a.connect_online("carol@a.test").await;
+
+    // Anyone can open TLS to a.test and name an origin in WSP-Link.
+    let (tls, exporter) = tls_to(a.addr(), "a.test").await;
+    let auth = LinkKey::generate().authorize("evil.test", "a.test", &exporter);
+    let (status, body) = link_upgrade(tls, "a.test", &auth.to_header())
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("keys-unavailable"), "{body}");
+    assert_never_connected(&service);
+    alice
+        .send(invite("alice@a.test", "carol@a.test", "local-call-2"))
+        .await;
+    carol.expect("invite").await;
+}
+
+/// `[federation.peers]` is the operator's own choice: a peer on loopback is
+/// reached without the option.
+#[tokio::test]
+async fn a_peer_the_operator_named_is_reached_on_loopback() {
+    let net = Net::new("attack-ssrf-peers").await;
+    let b = net.server("b.test", "").await;
+    let a = TestServer::start(default_config(
+        &net,
+        "a.test",
+        &format!("[federation.peers]\n\"b.test\" = \"{}\"\n", b.addr()),
+    ))
+    .await;
+    net.publish("a.test", "a.test", a.addr());
+    let mut alice = a.connect_online("alice@a.test").await;
+    let mut bob = b.connect_online("bob@b.test").await;
+    alice
+        .send(invite("alice@a.test", "bob@b.test", "peer-call-1"))
+        .await;
+    bob.expect("invite").await;
+}
