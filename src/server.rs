@@ -553,7 +553,7 @@ async fn link_upgrade(
         Ok(origin) => origin,
         Err(r) => {
             app.metrics.refused(Refusal::Unauthorized);
-            return json_error(r.status, r.id, &r.description);
+            return json_error(r.status, r.id, r.description);
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);

@@ -152,6 +152,11 @@ impl Discovery {
         })
     }
 
+    /// The bound on one discovery (`federation.lookup_timeout`).
+    pub fn lookup_timeout(&self) -> Duration {
+        self.inner.lookup_timeout
+    }
+
     /// Where to connect for domain D, best first. Every address of every target, in order.
     pub async fn resolve(&self, domain: &str) -> Result<Vec<SocketAddr>, DiscoveryError> {
         let inner = &*self.inner;

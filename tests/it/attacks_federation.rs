@@ -117,3 +117,98 @@ async fn a_peer_the_operator_named_is_reached_on_loopback() {
         .await;
     bob.expect("invite").await;
 }
+
+/// An upgrade naming an origin that cannot be fetched gets a fixed refusal:
+/// nothing the resolver, the network or the other side said comes back.
+#[tokio::test]
+async fn a_refused_link_hears_nothing_of_third_parties() {
+    let net = Net::new("attack-ssrf-body").await;
+    let a = TestServer::start(default_config(&net, "a.test", "")).await;
+    net.publish("a.test", "a.test", a.addr());
+    let (tls, exporter) = tls_to(a.addr(), "a.test").await;
+    let auth = LinkKey::generate().authorize("nosuch.test", "a.test", &exporter);
+    let (status, body) = link_upgrade(tls, "a.test", &auth.to_header())
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(status, 401, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"], "keys-unavailable", "{body}");
+    assert_eq!(
+        v["description"], "the origin domain's link keys could not be fetched",
+        "{body}"
+    );
+    // The header's own text is not echoed either.
+    let (tls, exporter) = tls_to(a.addr(), "a.test").await;
+    let auth = LinkKey::generate().authorize("a.test", "evil-destination.test", &exporter);
+    let (status, body) = link_upgrade(tls, "a.test", &auth.to_header())
+        .await
+        .err()
+        .expect("refused");
+    assert!(status == 401 || status == 403, "{status} {body}");
+    assert!(!body.contains("evil"), "{body}");
+}
+
+/// Many upgrades naming one origin whose server never answers cost one
+/// outbound connection: one fetch in flight per origin, and its failure
+/// remembered.
+#[tokio::test]
+async fn a_burst_of_upgrades_naming_one_origin_costs_one_fetch() {
+    let net = Net::new("attack-ssrf-burst").await;
+    // A server for slow.test that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    net.publish("slow.test", "slow.test", silent.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    let a = TestServer::start(default_config(
+        &net,
+        "a.test",
+        "allow_private_addresses = true\n",
+    ))
+    .await;
+    net.publish("a.test", "a.test", a.addr());
+    let mut alice = a.connect_online("alice@a.test").await;
+    let mut carol = a.connect_online("carol@a.test").await;
+
+    let addr = a.addr();
+    let upgrades: Vec<_> = (0..10)
+        .map(|_| {
+            tokio::spawn(async move {
+                let (tls, exporter) = tls_to(addr, "a.test").await;
+                let auth = LinkKey::generate().authorize("slow.test", "a.test", &exporter);
+                link_upgrade(tls, "a.test", &auth.to_header()).await.err()
+            })
+        })
+        .collect();
+    for u in upgrades {
+        let (status, body) = u.await.unwrap().expect("refused");
+        assert_eq!(status, 401, "{body}");
+    }
+    // Again, one after another: the failure is remembered.
+    for _ in 0..5 {
+        let (tls, exporter) = tls_to(addr, "a.test").await;
+        let auth = LinkKey::generate().authorize("slow.test", "a.test", &exporter);
+        let (status, _) = link_upgrade(tls, "a.test", &auth.to_header())
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(status, 401);
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one outbound connection for sixteen upgrades"
+    );
+    alice
+        .send(invite("alice@a.test", "carol@a.test", "local-call-3"))
+        .await;
+    carol.expect("invite").await;
+    holder.abort();
+}
