@@ -118,6 +118,111 @@ async fn a_peer_the_operator_named_is_reached_on_loopback() {
     bob.expect("invite").await;
 }
 
+/// A plain listener on loopback that counts the connections it accepts and
+/// holds them (`close`: or drops each at once). Returns its address, the
+/// count and the task to abort.
+async fn counting_listener(
+    close: bool,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if !close {
+                held.push(s);
+            }
+        }
+    });
+    (addr, accepted, task)
+}
+
+fn count(c: &std::sync::atomic::AtomicUsize) -> usize {
+    c.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// A link upgrade to `addr` claiming `origin`, signed by a throwaway key:
+/// the HTTP status of its refusal.
+async fn upgrade_claiming(addr: std::net::SocketAddr, origin: &str) -> u16 {
+    let (tls, exporter) = tls_to(addr, "a.test").await;
+    let auth = LinkKey::generate().authorize(origin, "a.test", &exporter);
+    link_upgrade(tls, "a.test", &auth.to_header())
+        .await
+        .err()
+        .expect("refused")
+        .0
+}
+
+/// An origin with six addresses costs at most three connections per
+/// fetch.
+#[tokio::test]
+async fn a_key_fetch_tries_at_most_three_addresses() {
+    let net = Net::new("attack-ssrf-many").await;
+    let mut tasks = Vec::new();
+    let mut counts = Vec::new();
+    for n in 0..6 {
+        let (addr, c, t) = counting_listener(true).await;
+        let target = format!("t{n}.many.test");
+        net.dns
+            .add_srv("_wsp._tcp.many.test", 10, 0, addr.port(), &target, 60);
+        net.dns.add_a(&target, std::net::Ipv4Addr::LOCALHOST, 60);
+        tasks.push(t);
+        counts.push(c);
+    }
+    let a = TestServer::start(default_config(
+        &net,
+        "a.test",
+        "allow_private_addresses = true\n",
+    ))
+    .await;
+    assert_eq!(upgrade_claiming(a.addr(), "many.test").await, 401);
+    let tried: usize = counts.iter().map(|c| count(c)).sum();
+    assert_eq!(tried, 3, "addresses tried for one fetch");
+    for t in tasks {
+        t.abort();
+    }
+}
+
+/// Upgrades naming many origins at once start at most eight fetches; the
+/// others are refused at once, and other users are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_fetches_in_flight_are_capped() {
+    let net = Net::new("attack-ssrf-cap").await;
+    let (silent, accepted, task) = counting_listener(false).await;
+    for n in 0..16 {
+        net.publish(&format!("o{n}.test"), "silent.test", silent);
+    }
+    let a = TestServer::start(default_config(
+        &net,
+        "a.test",
+        "allow_private_addresses = true\n",
+    ))
+    .await;
+    let mut alice = a.connect_online("alice@a.test").await;
+    let mut carol = a.connect_online("carol@a.test").await;
+    let addr = a.addr();
+    let upgrades: Vec<_> = (0..16)
+        .map(|n| tokio::spawn(async move { upgrade_claiming(addr, &format!("o{n}.test")).await }))
+        .collect();
+    alice
+        .send(invite("alice@a.test", "carol@a.test", "local-call-4"))
+        .await;
+    carol.expect("invite").await;
+    for u in upgrades {
+        assert_eq!(u.await.unwrap(), 401);
+    }
+    let n = count(&accepted);
+    assert!((1..=8).contains(&n), "{n} fetches were in flight at once");
+    task.abort();
+}
+
 /// An upgrade naming an origin that cannot be fetched gets a fixed refusal:
 /// nothing the resolver, the network or the other side said comes back.
 #[tokio::test]
