@@ -23,6 +23,15 @@ use crate::devcerts;
 use crate::federation::links::{Links, LinksError};
 use crate::metrics::Metrics;
 use crate::router::{Remote, Router};
+use crate::throttle::Attempts;
+
+/// Password checks that may wait for the two that run at once; past it,
+/// `POST /token` answers 503.
+pub const LOGIN_QUEUE: usize = 16;
+/// Login attempts (a right password is given back) per client address and
+/// per account in [`LOGIN_WINDOW`]; past it, 429 with `Retry-After`.
+pub const LOGIN_ATTEMPTS: u32 = 10;
+pub const LOGIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Everything a connection needs, shared by all of them.
 pub struct App {
@@ -34,6 +43,12 @@ pub struct App {
     users: std::sync::RwLock<Option<Arc<UsersFile>>>,
     /// Bounds concurrent password checks.
     pub login_gate: Semaphore,
+    /// Password checks waiting for the gate (at most [`LOGIN_QUEUE`]).
+    pub login_waiting: std::sync::atomic::AtomicUsize,
+    /// Login attempts per client address (IPv6: per /64).
+    pub logins_by_client: Attempts<std::net::IpAddr>,
+    /// Login attempts per account.
+    pub logins_by_account: Attempts<String>,
     /// Links to other domains, when `[federation]` is configured.
     pub links: Option<Arc<Links>>,
     /// Cancelled when the server drains (see [`App::drain`]): the accept
@@ -84,6 +99,9 @@ impl App {
             metrics,
             users: std::sync::RwLock::new(users),
             login_gate: Semaphore::new(2),
+            login_waiting: std::sync::atomic::AtomicUsize::new(0),
+            logins_by_client: Attempts::new(LOGIN_ATTEMPTS, LOGIN_WINDOW),
+            logins_by_account: Attempts::new(LOGIN_ATTEMPTS, LOGIN_WINDOW),
             links,
             shutdown,
             draining: AtomicBool::new(false),

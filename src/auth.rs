@@ -159,6 +159,20 @@ pub enum UsersError {
     Hash(String),
 }
 
+/// A hash of a random password, made once with the same parameters as the
+/// users' hashes, checked for unknown users.
+fn unknown_user_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        use argon2::password_hash::PasswordHasher;
+        let password: [u8; 16] = rand::random();
+        argon2::Argon2::default()
+            .hash_password(&password)
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
+
 impl UsersFile {
     /// Reads the file; a file that does not exist yet is empty.
     pub fn load(path: &Path) -> Result<Self, UsersError> {
@@ -202,17 +216,22 @@ impl UsersFile {
 
     /// Checks a password. Slow on purpose (argon2): call it off the async
     /// threads.
+    /// An unknown user costs the same as a wrong password (a hash is
+    /// checked either way), so the time taken does not tell which accounts
+    /// exist.
     pub fn check(&self, user: &str, password: &str) -> bool {
         use argon2::password_hash::PasswordVerifier;
-        let Some(hash) = self.users.get(user) else {
-            return false;
+        let (hash, known) = match self.users.get(user) {
+            Some(h) => (h.as_str(), true),
+            None => (unknown_user_hash(), false),
         };
         let Ok(parsed) = argon2::password_hash::phc::PasswordHash::new(hash) else {
             return false;
         };
-        argon2::Argon2::default()
+        let ok = argon2::Argon2::default()
             .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
+            .is_ok();
+        ok && known
     }
 }
 

@@ -17,8 +17,8 @@
 //! - [`call`]: the call state machine, sans-IO;
 //! - [`frame`]: the wire: frames, JSON, typed bye and close codes;
 //! - [`auth`]: access tokens and the users file;
-//! - [`config`], [`address`], [`limits`], [`logging`], [`devcerts`]: the
-//!   leaves.
+//! - [`config`], [`address`], [`limits`], [`throttle`], [`logging`],
+//!   [`devcerts`]: the leaves.
 
 pub mod address;
 pub mod app;
@@ -36,6 +36,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod socket;
+pub mod throttle;
 
 pub use app::{App, StartError};
 pub use server::{Drain, Running, Server};

@@ -302,7 +302,7 @@ async fn route(
                 "this server does not federate",
             ),
         },
-        (&Method::POST, "/token") => with_cors(login(app, req).await),
+        (&Method::POST, "/token") => with_cors(login(app, req, conn.ctx.remote.ip()).await),
         (&Method::OPTIONS, "/token" | "/session") => preflight(),
         (&Method::GET, "/healthz") => {
             text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into())
@@ -709,7 +709,10 @@ struct Login {
     password: String,
 }
 
-async fn login(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+/// `POST /token`. Guessing is bounded per client address and per account
+/// (429 with `Retry-After`); at most [`crate::app::LOGIN_QUEUE`] checks
+/// wait for the two that run at once (503 past it).
+async fn login(app: Arc<App>, req: Request<Incoming>, client: std::net::IpAddr) -> Response<Body> {
     let Some(users) = app.users() else {
         return json_error(
             StatusCode::NOT_FOUND,
@@ -722,10 +725,22 @@ async fn login(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         Err(refused) => return refused,
     };
     let address = login_address(&app.config.domain, &login.user);
+    let client = crate::throttle::client_key(client);
+    let account = address.as_ref().ok().map(|a| a.as_str().to_string());
+    if let Err(retry) = take_attempts(&app, client, account.as_ref()) {
+        return too_many_attempts(retry);
+    }
     let ok = match &address {
         Ok(a) => match check_password(&app, users, a, login.password).await {
-            Some(ok) => ok,
-            None => {
+            Ok(ok) => ok,
+            Err(CheckRefused::Busy) => {
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "login-busy",
+                    "too many logins at once: try again in a moment",
+                );
+            }
+            Err(CheckRefused::ShuttingDown) => {
                 return json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "shutting-down",
@@ -736,22 +751,19 @@ async fn login(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         Err(_) => false,
     };
     app.metrics.login(ok);
-    match address {
-        Ok(a) if ok => {
-            let (token, expires) = app.tokens.mint(&a, app.config.auth.token_ttl);
-            info!(user = %a, "login");
-            json(
-                StatusCode::OK,
-                serde_json::json!({
-                    "token": token,
-                    "expires": expires,
-                    "user": a.as_str(),
-                    "iceServers": ice_servers(&app, &a),
-                }),
-            )
+    if ok {
+        // A right password is no guess.
+        app.logins_by_client.refund(&client);
+        if let Some(account) = &account {
+            app.logins_by_account.refund(account);
         }
+    }
+    match address {
+        Ok(a) if ok => token_for(&app, &a),
         _ => {
-            info!(user = %login.user.chars().take(80).collect::<String>(), "login failed");
+            // Debug-formatted: a name with a newline must not start a line.
+            let user: String = login.user.chars().take(80).collect();
+            info!(?user, "login failed");
             tokio::time::sleep(app.config.limits.login_failure_delay).await;
             json_error(
                 StatusCode::UNAUTHORIZED,
@@ -760,6 +772,21 @@ async fn login(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             )
         }
     }
+}
+
+/// The answer to a right password: a token and the ICE servers.
+fn token_for(app: &App, a: &Address) -> Response<Body> {
+    let (token, expires) = app.tokens.mint(a, app.config.auth.token_ttl);
+    info!(user = %a, "login");
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "token": token,
+            "expires": expires,
+            "user": a.as_str(),
+            "iceServers": ice_servers(app, a),
+        }),
+    )
 }
 
 /// The body of `POST /token`: JSON `{user, password}`, at most
@@ -796,18 +823,64 @@ fn login_address(domain: &str, user: &str) -> Result<Address, crate::address::Ad
     Address::parse(&format!("{name}@{domain}"))
 }
 
+/// Why a password was not checked.
+enum CheckRefused {
+    /// [`crate::app::LOGIN_QUEUE`] checks are waiting already.
+    Busy,
+    ShuttingDown,
+}
+
+/// Counts a login attempt for the client and the account; the time until
+/// they may try again when either has used its attempts.
+fn take_attempts(
+    app: &App,
+    client: std::net::IpAddr,
+    account: Option<&String>,
+) -> Result<(), std::time::Duration> {
+    let now = tokio::time::Instant::now();
+    app.logins_by_client.take(&client, now)?;
+    if let Some(account) = account {
+        app.logins_by_account.take(account, now)?;
+    }
+    Ok(())
+}
+
+/// 429 with `Retry-After` (whole seconds, rounded up).
+fn too_many_attempts(retry: std::time::Duration) -> Response<Body> {
+    let mut r = json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too-many-attempts",
+        "too many login attempts from this address or for this account: try again later",
+    );
+    let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
 /// Checks a password against the users file. argon2 is slow by design: at
-/// most two at a time, off the async threads. `None` when the server is
-/// shutting down.
+/// most two at a time, off the async threads, and a bounded queue for them.
 async fn check_password(
     app: &App,
     users: Arc<crate::auth::UsersFile>,
     address: &Address,
     password: String,
-) -> Option<bool> {
-    let _permit = app.login_gate.acquire().await.ok()?;
+) -> Result<bool, CheckRefused> {
+    use std::sync::atomic::Ordering;
+    let waiting = app.login_waiting.fetch_add(1, Ordering::SeqCst);
+    let permit = if waiting >= crate::app::LOGIN_QUEUE {
+        Err(CheckRefused::Busy)
+    } else {
+        app.login_gate
+            .acquire()
+            .await
+            .map_err(|_| CheckRefused::ShuttingDown)
+    };
+    app.login_waiting.fetch_sub(1, Ordering::SeqCst);
+    let _permit = permit?;
     let user = address.user().to_string();
-    Some(
+    Ok(
         tokio::task::spawn_blocking(move || users.check(&user, &password))
             .await
             .unwrap_or(false),

@@ -11,6 +11,7 @@
 mod common;
 
 mod attacks_federation;
+mod attacks_login;
 mod browser;
 mod calls;
 mod check;

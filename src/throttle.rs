@@ -1,0 +1,116 @@
+//! Attempt counters for what an attacker may try again and again (password
+//! guesses): at most `max` attempts per key (a client address, an account)
+//! in a fixed window, with the time until the key may try again. The map
+//! is bounded: past [`MAX_KEYS`] keys, expired ones are dropped, and if
+//! none is, new keys are refused until some expire.
+
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::time::Instant;
+
+/// The most keys remembered at once.
+pub const MAX_KEYS: usize = 100_000;
+
+pub struct Attempts<K> {
+    max: u32,
+    window: Duration,
+    /// Attempts in the current window, and when it ends.
+    map: DashMap<K, (u32, Instant)>,
+}
+
+impl<K: Hash + Eq + Clone> Attempts<K> {
+    pub fn new(max: u32, window: Duration) -> Self {
+        Attempts {
+            max,
+            window,
+            map: DashMap::new(),
+        }
+    }
+
+    /// Counts one attempt for `key`; `Err` with the time until it may try
+    /// again when it has used its attempts.
+    pub fn take(&self, key: &K, now: Instant) -> Result<(), Duration> {
+        if self.map.len() >= MAX_KEYS && !self.map.contains_key(key) {
+            self.map.retain(|_, (_, end)| now < *end);
+            if self.map.len() >= MAX_KEYS {
+                return Err(self.window);
+            }
+        }
+        let mut e = self
+            .map
+            .entry(key.clone())
+            .or_insert((0, now + self.window));
+        let (n, end) = &mut *e;
+        if now >= *end {
+            *n = 0;
+            *end = now + self.window;
+        }
+        if *n >= self.max {
+            return Err(*end - now);
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    /// Gives back an attempt that turned out well (a right password).
+    pub fn refund(&self, key: &K) {
+        if let Some(mut e) = self.map.get_mut(key) {
+            e.0 = e.0.saturating_sub(1);
+        }
+    }
+}
+
+/// A client address as one party: an IPv4 address, or the /64 of an IPv6
+/// one (a single host is commonly given a whole /64).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_per_window_then_again() {
+        let a = Attempts::new(2, Duration::from_secs(60));
+        let t = Instant::now();
+        assert!(a.take(&"x", t).is_ok());
+        assert!(a.take(&"x", t).is_ok());
+        assert_eq!(
+            a.take(&"x", t + Duration::from_secs(10)),
+            Err(Duration::from_secs(50))
+        );
+        assert!(a.take(&"y", t).is_ok(), "another key is not slowed");
+        a.refund(&"x");
+        assert!(a.take(&"x", t).is_ok(), "a refunded attempt");
+        assert!(
+            a.take(&"x", t + Duration::from_secs(60)).is_ok(),
+            "a new window"
+        );
+    }
+
+    #[test]
+    fn ipv6_counts_by_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        assert_eq!(
+            client_key("::ffff:10.0.0.1".parse().unwrap()),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+}
