@@ -1,6 +1,6 @@
 //! Rate and count limits shared by sockets, links and the listener.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -42,7 +42,8 @@ impl TokenBucket {
     }
 }
 
-/// Counts open connections per client address.
+/// Counts open connections per client address, IPv6 addresses grouped by
+/// their /64 (see [`address_group`]).
 #[derive(Debug)]
 pub struct PerIp {
     max: u32,
@@ -64,8 +65,10 @@ impl PerIp {
         })
     }
 
-    /// Counts a connection from `ip`, or `None` when it has `max` already.
+    /// Counts a connection from `ip`, or `None` when its group has `max`
+    /// already.
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let ip = address_group(ip);
         let mut n = self.open.entry(ip).or_insert(0);
         if *n >= self.max {
             return None;
@@ -75,6 +78,21 @@ impl PerIp {
             ip,
             owner: self.clone(),
         })
+    }
+}
+
+/// The group an address is counted in: an IPv4 address alone (also when
+/// it arrives IPv4-mapped, `::ffff:a.b.c.d`, on a dual-stack listener); an
+/// IPv6 address with its /64, the smallest block one subscriber is usually
+/// given, so that one client cannot open `max` connections from each of
+/// its 2^64 addresses.
+pub fn address_group(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+        },
     }
 }
 
@@ -124,5 +142,37 @@ mod tests {
             p.open.get(&ip).is_none(),
             "no entry left for an address with nothing open"
         );
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let p = PerIp::new(2);
+        let _a = p.acquire(ip("2001:db8:1:2::1")).unwrap();
+        let _b = p.acquire(ip("2001:db8:1:2:ffff:ffff:ffff:fffe")).unwrap();
+        // A third address of the same /64 is the same client.
+        assert!(p.acquire(ip("2001:db8:1:2:abcd::9")).is_none());
+        // The next /64 is another.
+        let _c = p.acquire(ip("2001:db8:1:3::1")).unwrap();
+        assert_eq!(
+            address_group(ip("2001:db8:1:2:abcd::9")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(address_group(ip("::1")), ip("::"));
+    }
+
+    #[test]
+    fn ipv4_counts_per_address_also_when_mapped() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let p = PerIp::new(1);
+        let a = p.acquire(ip("192.0.2.1")).unwrap();
+        // Its mapped form on a dual-stack listener is the same address.
+        assert!(p.acquire(ip("::ffff:192.0.2.1")).is_none());
+        // Its neighbour is not grouped with it.
+        let _b = p.acquire(ip("192.0.2.2")).unwrap();
+        assert_eq!(address_group(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+        drop(a);
+        let _m = p.acquire(ip("::ffff:192.0.2.1")).unwrap();
+        assert!(p.acquire(ip("192.0.2.1")).is_none());
     }
 }
