@@ -199,13 +199,15 @@ impl UsersFile {
         Ok(())
     }
 
-    /// Writes the file atomically (temporary file, then rename).
+    /// Writes the file atomically (temporary file, then rename), readable
+    /// by its owner only: it holds password hashes, which can be guessed
+    /// at offline.
     pub fn save(&self, path: &Path) -> Result<(), UsersError> {
         let shown = path.display().to_string();
         let text =
             toml::to_string(self).map_err(|e| UsersError::Parse(shown.clone(), e.to_string()))?;
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text)
+        write_private(&tmp, text.as_bytes())
             .and_then(|()| std::fs::rename(&tmp, path))
             .map_err(|e| UsersError::Write(shown, e))
     }
@@ -233,6 +235,24 @@ impl UsersFile {
             .is_ok();
         ok && known
     }
+}
+
+/// Writes `bytes` to a new file `tmp` with mode 0600. A temporary file
+/// left by an earlier run is removed first: reusing it would keep its mode.
+fn write_private(tmp: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 #[cfg(test)]
