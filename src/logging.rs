@@ -38,3 +38,61 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
 pub fn default_filter() -> String {
     std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string())
 }
+
+/// Text from a remote party, made safe for a log line: control characters
+/// (a newline, a carriage return, an escape sequence) and the Unicode line
+/// separators are written escaped (`\n`, `\u{1b}`), so that a user name, an
+/// error body or a header field can never start a line of its own in the
+/// text log nor drive a terminal. Wraps anything `Display` (an error
+/// whose text quotes its input too) and escapes as it writes.
+///
+/// `info!(user = %Escaped(&name), "login failed")`.
+pub struct Escaped<T>(pub T);
+
+impl<T: std::fmt::Display> std::fmt::Display for Escaped<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        write!(EscapingWriter(f), "{}", self.0)
+    }
+}
+
+impl<T: std::fmt::Display> std::fmt::Debug for Escaped<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+struct EscapingWriter<'a, 'b>(&'a mut std::fmt::Formatter<'b>);
+
+impl std::fmt::Write for EscapingWriter<'_, '_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let mut rest = s;
+        while let Some(i) = rest.find(needs_escape) {
+            self.0.write_str(&rest[..i])?;
+            // `find` returned the start of a character.
+            let c = rest[i..].chars().next().unwrap_or_default();
+            write!(self.0, "{}", c.escape_default())?;
+            rest = &rest[i + c.len_utf8()..];
+        }
+        self.0.write_str(rest)
+    }
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Escaped;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let s = format!("{}", Escaped("x\ninjected\r\u{1b}[31m\u{2028}é\tok"));
+        assert_eq!(s, "x\\ninjected\\r\\u{1b}[31m\\u{2028}é\\tok");
+        assert!(!s.chars().any(char::is_control));
+        assert_eq!(format!("{}", Escaped("plain")), "plain");
+        let e = std::io::Error::other("body: a\nb");
+        assert_eq!(format!("{}", Escaped(&e)), "body: a\\nb");
+    }
+}

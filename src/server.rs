@@ -35,6 +35,7 @@ use crate::config::Config;
 use crate::federation::keys;
 use crate::frame::SUBPROTOCOL;
 use crate::limits::{IpSlot, PerIp};
+use crate::logging::Escaped;
 use crate::metrics::Refusal;
 use crate::{session, socket};
 /// A server ready to run: configuration checked, files loaded, socket bound.
@@ -232,7 +233,7 @@ async fn connection(app: Arc<App>, tcp: TcpStream, tls: Option<TlsAcceptor>, ctx
                 }
                 Ok(Err(e)) => {
                     app.metrics.refused(Refusal::Handshake);
-                    debug!(%remote, error = %e, "TLS handshake failed");
+                    debug!(%remote, error = %Escaped(&e), "TLS handshake failed");
                 }
                 Err(_) => {
                     app.metrics.refused(Refusal::Handshake);
@@ -269,7 +270,7 @@ where
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
-                debug!(%remote, error = %e, "HTTP connection ended with an error");
+                debug!(%remote, error = %Escaped(&e), "HTTP connection ended with an error");
             }
         }
         _ = shutdown.cancelled() => {
@@ -563,7 +564,7 @@ async fn link_upgrade(
         let _held = held;
         match websocket(on_upgrade, app.config.limits.max_frame_bytes).await {
             Ok(ws) => links.run_inbound(&app.router, ws, origin).await,
-            Err(e) => debug!(error = %e, "link upgrade failed"),
+            Err(e) => debug!(error = %Escaped(&e), "link upgrade failed"),
         }
     });
     switching_protocols(&hs.accept, hs.offered)
@@ -720,9 +721,14 @@ async fn login(app: Arc<App>, req: Request<Incoming>, client: std::net::IpAddr) 
             "this server has no users file ([auth] users); tokens are minted with `wspd token`",
         );
     };
-    let login = match read_login(req).await {
+    let login = match read_login(req, app.config.limits.handshake_timeout).await {
         Ok(login) => login,
-        Err(refused) => return refused,
+        Err(refused) => {
+            if refused.status() == StatusCode::REQUEST_TIMEOUT {
+                app.metrics.refused(Refusal::Handshake);
+            }
+            return refused;
+        }
     };
     let address = login_address(&app.config.domain, &login.user);
     let client = crate::throttle::client_key(client);
@@ -761,9 +767,10 @@ async fn login(app: Arc<App>, req: Request<Incoming>, client: std::net::IpAddr) 
     match address {
         Ok(a) if ok => token_for(&app, &a),
         _ => {
-            // Debug-formatted: a name with a newline must not start a line.
-            let user: String = login.user.chars().take(80).collect();
-            info!(?user, "login failed");
+            info!(
+                user = %Escaped(login.user.chars().take(80).collect::<String>()),
+                "login failed"
+            );
             tokio::time::sleep(app.config.limits.login_failure_delay).await;
             json_error(
                 StatusCode::UNAUTHORIZED,
@@ -790,13 +797,25 @@ fn token_for(app: &App, a: &Address) -> Response<Body> {
 }
 
 /// The body of `POST /token`: JSON `{user, password}`, at most
-/// [`MAX_LOGIN_BODY`] bytes.
+/// [`MAX_LOGIN_BODY`] bytes, all of it within `timeout` of the head (hyper
+/// bounds only the head): a body trickled in a byte at a time would
+/// otherwise hold its connection for ever.
 #[allow(clippy::result_large_err)] // the refusal is the response itself
-async fn read_login(req: Request<Incoming>) -> Result<Login, Response<Body>> {
-    let Ok(body) = Limited::new(req.into_body(), MAX_LOGIN_BODY)
-        .collect()
-        .await
-    else {
+async fn read_login(req: Request<Incoming>, timeout: Duration) -> Result<Login, Response<Body>> {
+    let collect = Limited::new(req.into_body(), MAX_LOGIN_BODY).collect();
+    let Ok(read) = tokio::time::timeout(timeout, collect).await else {
+        // The rest of the body is never read, so hyper closes the
+        // connection after this answer; the header says so.
+        let mut r = json_error(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            "the request body did not arrive within limits.handshake_timeout",
+        );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Err(r);
+    };
+    let Ok(body) = read else {
         return Err(json_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-large",

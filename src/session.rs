@@ -20,6 +20,7 @@ use crate::address::{Address, CallId};
 use crate::config::Limits;
 use crate::frame::{self, Body, ByeCode, Close, CloseCode, Keyword, ServerBye};
 use crate::limits::TokenBucket;
+use crate::logging::Escaped;
 use crate::metrics::Metrics;
 use crate::peer::{Out, Outbox, Peer, close_outbox};
 use crate::router::{Router, Via};
@@ -77,7 +78,7 @@ impl Registered {
             &mut self.outbox.rx,
             Vec::new(),
         );
-        debug!(parent: &self.span, calls, %error, "upgrade failed");
+        debug!(parent: &self.span, calls, error = %Escaped(error), "upgrade failed");
     }
 }
 

@@ -23,6 +23,7 @@ use tracing::{Span, debug, info};
 use crate::address::CallId;
 use crate::config::Limits;
 use crate::frame::{Close, CloseCode, FrameError};
+use crate::logging::Escaped;
 use crate::metrics::{Metrics, Refusal};
 use crate::peer::Out;
 
@@ -288,7 +289,7 @@ fn read<H: Handler>(msg: Option<Result<Message, WsError>>, h: &mut H, max_frame:
             ),
         ),
         Some(Err(e)) => {
-            debug!(parent: h.span(), error = %e, "socket error");
+            debug!(parent: h.span(), error = %Escaped(&e), "socket error");
             Read::End(None)
         }
     }
@@ -431,7 +432,7 @@ where
         info!(parent: span, "disconnected");
         return;
     };
-    info!(parent: span, code = code.get(), reason = %reason, "closing");
+    info!(parent: span, code = code.get(), reason = %Escaped(&reason), "closing");
     let frame = CloseFrame {
         code: WsCloseCode::from(code.get()),
         reason: close_reason(reason.into_owned()).into(),

@@ -37,6 +37,7 @@ use crate::federation::discovery::DiscoveryError;
 use crate::federation::keys::LinkKey;
 use crate::federation::links::{Links, LinksError};
 use crate::frame::{ByeCode, ServerBye};
+use crate::logging::Escaped;
 use crate::metrics::Metrics;
 
 // The codes calls end with at each step, as the links would answer them.
@@ -167,10 +168,12 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A step's detail may quote what another server sent (an error
+        // body, a header): one step, one line.
         for s in &self.steps {
-            writeln!(f, "{s}")?;
+            writeln!(f, "{}", Escaped(s))?;
         }
-        write!(f, "{}", self.verdict())
+        write!(f, "{}", Escaped(self.verdict()))
     }
 }
 

@@ -24,6 +24,7 @@ use tracing::debug;
 use crate::federation::discovery::{Discovery, DiscoveryError};
 use crate::federation::keys::{self, LinkAuth, LinkKey, PublishedKeys};
 use crate::frame::{ByeCode, SUBPROTOCOL, ServerBye};
+use crate::logging::Escaped;
 use crate::socket;
 
 /// The largest keys document.
@@ -221,7 +222,7 @@ impl Dialer {
             match tokio::time::timeout(self.connect_timeout, attempt).await {
                 Ok(Ok(ws)) => return Ok(ws),
                 Ok(Err(e)) => {
-                    debug!(%addr, reason = e.reason(), "link attempt failed: {e}");
+                    debug!(%addr, reason = e.reason(), "link attempt failed: {}", Escaped(&e));
                     if e.is_final() {
                         return Err(e);
                     }

@@ -30,6 +30,7 @@ use tracing::debug;
 
 use crate::config::{Federation, HostPort};
 use crate::frame::ByeCode;
+use crate::logging::Escaped;
 use crate::metrics::Metrics;
 
 /// How many failed domains are remembered at most.
@@ -163,7 +164,7 @@ impl Discovery {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let now = Instant::now();
         if let Some(e) = inner.failures().get(&domain, now) {
-            debug!(%domain, result = "cached_failure", error = %e, "discovery");
+            debug!(%domain, result = "cached_failure", error = %Escaped(&e), "discovery");
             inner.metrics.dns_lookup("cached_failure");
             return Err(e);
         }
@@ -190,7 +191,7 @@ impl Discovery {
                 Ok(addrs)
             }
             Err(e) => {
-                debug!(%domain, result = e.reason(), error = %e, "discovery");
+                debug!(%domain, result = e.reason(), error = %Escaped(&e), "discovery");
                 inner.metrics.dns_lookup(e.reason());
                 if !inner.failure_cache.is_zero() {
                     inner.failures().insert(
@@ -341,7 +342,7 @@ impl Inner {
                     }
                 }
                 Err(e) => {
-                    debug!(%domain, target = %t.host, error = %e, "SRV target did not resolve");
+                    debug!(%domain, target = %Escaped(&t.host), error = %Escaped(&e), "SRV target did not resolve");
                     first_error.get_or_insert(e);
                 }
             }

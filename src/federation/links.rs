@@ -29,6 +29,7 @@ use crate::federation::keys::{self, LinkKey};
 use crate::federation::link::{self, Direction, LinkRun};
 use crate::frame::ServerBye;
 use crate::limits::TokenBucket;
+use crate::logging::Escaped;
 use crate::metrics::Metrics;
 use crate::peer::Peer;
 use crate::router::{Remote, Router};
@@ -223,7 +224,7 @@ impl Links {
     fn failed(&self, domain: &str, e: DialError, run: &mut LinkRun) {
         let bye = e.bye();
         let reason = e.reason();
-        warn!(parent: &run.span, reason, code = bye.code.get(), "link to {domain} failed: {e}");
+        warn!(parent: &run.span, reason, code = bye.code.get(), "link to {domain} failed: {}", Escaped(&e));
         self.metrics.link_attempt(reason);
         self.metrics.link_failure(reason);
         self.note_failure(domain, bye);
