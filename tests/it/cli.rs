@@ -40,7 +40,7 @@ fn wspd(dir: &Path, args: &[&str]) -> Command {
 }
 
 /// Runs `wspd args` in `dir` to its end (bounded), feeding `stdin`.
-async fn run(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+pub(crate) async fn run(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = wspd(dir, args);
     if stdin.is_some() {
         cmd.stdin(Stdio::piped());
@@ -62,7 +62,7 @@ fn stdout(o: &Output) -> String {
     String::from_utf8(o.stdout.clone()).unwrap()
 }
 
-fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8(o.stderr.clone()).unwrap()
 }
 
@@ -116,12 +116,12 @@ fn one_jwt(o: &Output) -> (String, Value, Value) {
     (token, header, claims)
 }
 
-fn write(path: &Path, text: &str) {
+pub(crate) fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
 /// A config file's text for domain localhost.
-fn config_text(listen: &str, auth_extra: &str, rest: &str) -> String {
+pub(crate) fn config_text(listen: &str, auth_extra: &str, rest: &str) -> String {
     format!(
         "domain = \"localhost\"\nlisten = \"{listen}\"\n[auth]\nsecret = \"{SECRET}\"\n{auth_extra}\n{rest}\n"
     )

@@ -12,6 +12,7 @@ mod common;
 
 mod attacks_federation;
 mod attacks_login;
+mod attacks_http;
 mod browser;
 mod calls;
 mod check;
