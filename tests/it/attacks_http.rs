@@ -125,6 +125,56 @@ async fn a_login_body_trickled_a_byte_at_a_time_is_cut_off_with_408() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+// Connections per address over IPv6
+// ---------------------------------------------------------------------------
+
+/// A server on a dual-stack listener (`[::]`), one connection per client
+/// address: over `::1` (the /64 `::`) and over 127.0.0.1 (which arrives as
+/// `::ffff:127.0.0.1` and counts as 127.0.0.1) each group gets its one
+/// place, and a second connection of a group is refused while the other
+/// group is served. (Two addresses of one /64 cannot be shown here: every
+/// loopback IPv6 connection comes from `::1`; see the unit tests in
+/// `src/limits.rs`.)
+#[tokio::test]
+async fn ipv6_and_mapped_ipv4_connections_are_counted_per_group() {
+    let s = TestServer::start_on(
+        config("localhost", "[limits]\nconnections_per_ip = 1\n"),
+        "[::]:0".parse().unwrap(),
+    )
+    .await;
+    let port = s.addr().port();
+    let v6 = format!("ws://[::1]:{port}/wsp");
+    let v4 = format!("ws://127.0.0.1:{port}/wsp");
+
+    let mut alice = try_connect(&v6, &s.token("alice@localhost"))
+        .await
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+    let refused = try_connect(&v6, &s.token("mallory@localhost")).await;
+    assert!(refused.is_err(), "a second connection from ::1's /64");
+    // The IPv4 client is another group, served meanwhile.
+    let mut bob = try_connect(&v4, &s.token("bob@localhost"))
+        .await
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+    let refused = try_connect(&v4, &s.token("mallory@localhost")).await;
+    assert!(
+        refused.is_err(),
+        "a second connection from 127.0.0.1, mapped"
+    );
+    let m = s.running.app.metrics.render();
+    assert_eq!(
+        metric_value(&m, "wspd_limits_hit_total{limit=\"connections_per_ip\"}"),
+        2.0
+    );
+    s.wait_sessions(2).await;
+    alice
+        .send(invite("alice@localhost", "bob@localhost", "call-v6-0001"))
+        .await;
+    bob.expect("invite").await;
+    s.stop().await;
+}
+
 // Log injection
 // ---------------------------------------------------------------------------
 
