@@ -731,7 +731,7 @@ async fn login(app: Arc<App>, req: Request<Incoming>, client: std::net::IpAddr) 
         }
     };
     let address = login_address(&app.config.domain, &login.user);
-    let client = crate::throttle::client_key(client);
+    let client = crate::limits::address_group(client);
     let account = address.as_ref().ok().map(|a| a.as_str().to_string());
     if let Err(retry) = take_attempts(&app, client, account.as_ref()) {
         return too_many_attempts(retry);

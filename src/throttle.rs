@@ -5,7 +5,6 @@
 //! none is, new keys are refused until some expire.
 
 use std::hash::Hash;
-use std::net::IpAddr;
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -63,21 +62,6 @@ impl<K: Hash + Eq + Clone> Attempts<K> {
     }
 }
 
-/// A client address as one party: an IPv4 address, or the /64 of an IPv6
-/// one (a single host is commonly given a whole /64).
-pub fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-        v4 => v4,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,19 +82,6 @@ mod tests {
         assert!(
             a.take(&"x", t + Duration::from_secs(60)).is_ok(),
             "a new window"
-        );
-    }
-
-    #[test]
-    fn ipv6_counts_by_64() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(client_key(a), client_key(b));
-        assert_ne!(client_key(a), client_key(c));
-        assert_eq!(
-            client_key("::ffff:10.0.0.1".parse().unwrap()),
-            "10.0.0.1".parse::<IpAddr>().unwrap()
         );
     }
 }
