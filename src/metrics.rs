@@ -15,6 +15,10 @@ use crate::frame::Outcome;
 
 type Labels = [(&'static str, &'static str); 1];
 
+/// The `domain` label of every call with a domain that is not known
+/// (neither configured nor with a link up).
+pub const OTHER_DOMAIN: &str = "other";
+
 pub struct Metrics {
     registry: Registry,
     pub sessions: Gauge,
@@ -181,11 +185,13 @@ impl Metrics {
         self.limits_hit.get_or_create(&[("limit", limit)]).inc();
     }
 
-    /// A call with `domain` ended with `outcome`.
-    pub fn remote_call_ended(&self, domain: &str, outcome: Outcome) {
+    /// A call with another domain ended with `outcome`: labelled with the
+    /// domain when it is known (the caller decides), else with
+    /// [`OTHER_DOMAIN`], so that made-up domains add no series.
+    pub fn remote_call_ended(&self, domain: Option<&str>, outcome: Outcome) {
         self.remote_calls
             .get_or_create(&[
-                ("domain", domain.to_string()),
+                ("domain", domain.unwrap_or(OTHER_DOMAIN).to_string()),
                 ("outcome", outcome.as_str().to_string()),
             ])
             .inc();

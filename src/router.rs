@@ -39,6 +39,11 @@ pub trait Remote: Send + Sync {
     /// opened (frames queue in its outbox meanwhile). Refused at once by
     /// policy or while the domain backs off.
     fn peer_for(self: Arc<Self>, router: &Arc<Router>, domain: &str) -> Result<Peer, ServerBye>;
+
+    /// Whether `domain` is known here (configured, or with a link up in
+    /// either direction), and so may name its own series in metrics. Other
+    /// domains, which anyone can make up, are counted together.
+    fn known(&self, domain: &str) -> bool;
 }
 
 /// Where an invite came in, as the edge that read it knows it. The router
@@ -291,10 +296,10 @@ impl Router {
     fn refuse(&self, from: &Peer, via: Via<'_>, span: &Span, id: &CallId, r: Refused) {
         let outcome = r.bye.outcome();
         self.metrics.call_ended(outcome);
-        // The other domain is a label only when it is a link's
+        // The other domain is counted only when it is a link's
         // authenticated origin: a domain a client merely named is not.
         if let Via::Link { origin, .. } = via {
-            self.metrics.remote_call_ended(origin, outcome);
+            self.metrics.remote_call_ended(self.label(origin), outcome);
         }
         let code = r.bye.code.get();
         match r.kind {
@@ -547,6 +552,16 @@ impl Router {
         gone
     }
 
+    /// The label of `domain` in `wspd_remote_calls_total`, decided when the
+    /// call ends: its name if the domain is known then (a link counts as up
+    /// until every call on it has ended), `None` (counted as `other`) if not.
+    fn label<'a>(&self, domain: &'a str) -> Option<&'a str> {
+        self.remote
+            .as_ref()
+            .is_some_and(|r| r.known(domain))
+            .then_some(domain)
+    }
+
     /// The call has its outcome: it leaves the map and is counted, once.
     fn finish(&self, state: &mut CallState, id: &CallId) {
         let Some(outcome) = state.call.outcome() else {
@@ -558,7 +573,7 @@ impl Router {
         self.metrics.calls_active.dec();
         self.metrics.call_ended(outcome);
         if let Some(remote) = &state.remote {
-            self.metrics.remote_call_ended(remote, outcome);
+            self.metrics.remote_call_ended(self.label(remote), outcome);
         }
         info!(
             parent: &state.span,

@@ -41,10 +41,94 @@ const LINK_OUTBOX: usize = 8192;
 /// `federation.backoff_max`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 
+/// The most domains backed off from at once; past it, expired entries go,
+/// and while it stays full a new failure is not remembered.
+const MAX_BACKOFF_DOMAINS: usize = 10_000;
+
 struct Backoff {
     failures: u32,
+    /// No new attempt before this.
     until: Instant,
+    /// Forgotten from this on: a domain quiet for as long again as its
+    /// last delay starts over at [`FIRST_BACKOFF`].
+    forget: Instant,
     bye: ServerBye,
+}
+
+/// The domains that failed recently, bounded: an entry is removed once
+/// expired (when looked up, or swept when the map is full), so domains
+/// that were made up leave nothing behind for long.
+struct Backoffs {
+    map: DashMap<String, Backoff>,
+    max_delay: Duration,
+    max_domains: usize,
+}
+
+impl Backoffs {
+    fn new(max_delay: Duration, max_domains: usize) -> Self {
+        Backoffs {
+            map: DashMap::new(),
+            max_delay,
+            max_domains,
+        }
+    }
+
+    /// The bye for a new call to `domain` while it backs off; an expired
+    /// entry is removed.
+    fn refusal(&self, domain: &str, now: Instant) -> Option<ServerBye> {
+        let expired = {
+            let b = self.map.get(domain)?;
+            if now < b.until {
+                return Some(b.bye);
+            }
+            now >= b.forget
+        };
+        if expired {
+            self.map.remove_if(domain, |_, b| now >= b.forget);
+        }
+        None
+    }
+
+    /// `domain` failed: it backs off, twice as long as after its last
+    /// failure (up to `federation.backoff_max`). Returns the delay.
+    fn failed(&self, domain: &str, bye: ServerBye, now: Instant) -> Duration {
+        if !self.map.contains_key(domain) && self.map.len() >= self.max_domains {
+            self.map.retain(|_, b| now < b.forget);
+            if self.map.len() >= self.max_domains {
+                // Full of domains still backing off: this one is not
+                // remembered (its discovery failure is cached anyway).
+                return Duration::ZERO;
+            }
+        }
+        let fresh = Backoff {
+            failures: 0,
+            until: now,
+            forget: now,
+            bye,
+        };
+        let mut b = match self.map.entry(domain.to_string()) {
+            Entry::Occupied(e) if now >= e.get().forget => {
+                let mut e = e.into_ref();
+                *e = fresh;
+                e
+            }
+            Entry::Occupied(e) => e.into_ref(),
+            Entry::Vacant(v) => v.insert(fresh),
+        };
+        b.failures = b.failures.saturating_add(1);
+        let delay = FIRST_BACKOFF
+            .saturating_mul(1u32 << (b.failures - 1).min(16))
+            .min(self.max_delay);
+        b.until = now + delay;
+        b.forget = b.until + delay;
+        b.bye = bye;
+        delay
+    }
+
+    /// `domain` was reached: it no longer backs off.
+    fn succeeded(&self, domain: &str) {
+        self.map.remove(domain);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +152,9 @@ pub struct Links {
     auth: LinkAuthenticator,
     metrics: Arc<Metrics>,
     outbound: DashMap<String, Peer>,
-    backoff: DashMap<String, Backoff>,
+    backoff: Backoffs,
+    /// Links up (running) with each domain, both directions together.
+    up: DashMap<String, usize>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -114,7 +200,8 @@ impl Links {
             auth: LinkAuthenticator::new(config.domain.clone(), metrics.clone()),
             metrics,
             outbound: DashMap::new(),
-            backoff: DashMap::new(),
+            backoff: Backoffs::new(fed.backoff_max, MAX_BACKOFF_DOMAINS),
+            up: DashMap::new(),
             shutdown,
             tasks,
         })
@@ -211,12 +298,29 @@ impl Links {
             Err(e) => return self.failed(&domain, e, &mut run),
         };
         self.metrics.link_attempt("ok");
-        self.backoff.remove(&domain);
+        self.backoff.succeeded(&domain);
         info!(parent: &run.span, "link up");
         let unlist = || {
             self.outbound.remove_if(&domain, |_, p| p.id == id);
         };
+        self.mark_up(&domain);
         link::run(&mut ws, run, &self.pump, &self.shutdown, unlist).await;
+        self.mark_down(&domain);
+    }
+
+    /// One more link with `domain` runs: its calls are counted under its
+    /// name until it has ended them all (`link::run` returned).
+    fn mark_up(&self, domain: &str) {
+        *self.up.entry(domain.to_string()).or_insert(0) += 1;
+    }
+
+    fn mark_down(&self, domain: &str) {
+        if let Entry::Occupied(mut e) = self.up.entry(domain.to_string()) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
     }
 
     /// A link that could not be opened: logged, counted, backed off from,
@@ -236,18 +340,8 @@ impl Links {
     }
 
     fn note_failure(&self, domain: &str, bye: ServerBye) {
-        let mut b = self.backoff.entry(domain.to_string()).or_insert(Backoff {
-            failures: 0,
-            until: Instant::now(),
-            bye,
-        });
-        b.failures = b.failures.saturating_add(1);
-        let delay = FIRST_BACKOFF
-            .saturating_mul(1u32 << (b.failures - 1).min(16))
-            .min(self.fed.backoff_max);
-        b.until = Instant::now() + delay;
-        b.bye = bye;
-        debug!(failures = b.failures, ?delay, "backing off");
+        let delay = self.backoff.failed(domain, bye, Instant::now());
+        debug!(?delay, "backing off");
     }
 
     /// Runs an accepted link from `origin` to its end.
@@ -266,7 +360,9 @@ impl Links {
             |id| info_span!(parent: None, "link", dir = "in", peer = %origin, id),
         );
         info!(parent: &run.span, "link accepted");
+        self.mark_up(&origin);
         link::run(&mut ws, run, &self.pump, &self.shutdown, || {}).await;
+        self.mark_down(&origin);
     }
 }
 
@@ -280,10 +376,8 @@ impl Remote for Links {
         if let Some(p) = self.outbound.get(domain) {
             return Ok(p.clone());
         }
-        if let Some(b) = self.backoff.get(domain)
-            && Instant::now() < b.until
-        {
-            return Err(b.bye);
+        if let Some(bye) = self.backoff.refusal(domain, Instant::now()) {
+            return Err(bye);
         }
         let run = match self.outbound.entry(domain.to_string()) {
             Entry::Occupied(e) => return Ok(e.get().clone()),
@@ -303,5 +397,63 @@ impl Remote for Links {
         let tasks = self.tasks.clone();
         tasks.spawn(async move { self.run_outbound(domain, run).await });
         Ok(peer)
+    }
+
+    /// Known: a link up with it (either direction), listed in
+    /// `[federation.peers]`, or in `allow` (as last reloaded).
+    fn known(&self, domain: &str) -> bool {
+        self.up.contains_key(domain)
+            || self.fed.peers.contains_key(domain)
+            || self
+                .policy
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .0
+                .iter()
+                .any(|d| d == domain)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BYE: ServerBye = ServerBye::POLICY;
+
+    #[test]
+    fn backoff_doubles_then_is_forgotten() {
+        let b = Backoffs::new(Duration::from_secs(60), 100);
+        let t0 = Instant::now();
+        assert_eq!(b.failed("x.test", BYE, t0), FIRST_BACKOFF);
+        assert!(b.refusal("x.test", t0).is_some());
+        // Past its delay a new attempt may go; failing again doubles it.
+        let t1 = t0 + FIRST_BACKOFF;
+        assert!(b.refusal("x.test", t1).is_none());
+        assert_eq!(b.map.len(), 1, "kept while a new failure would double");
+        assert_eq!(b.failed("x.test", BYE, t1), 2 * FIRST_BACKOFF);
+        // Quiet for as long again: looked up, it is removed.
+        let t2 = t1 + 4 * FIRST_BACKOFF;
+        assert!(b.refusal("x.test", t2).is_none());
+        assert_eq!(b.map.len(), 0);
+        assert_eq!(b.failed("x.test", BYE, t2), FIRST_BACKOFF, "starts over");
+        b.succeeded("x.test");
+        assert_eq!(b.map.len(), 0);
+    }
+
+    #[test]
+    fn backoff_map_is_bounded_and_swept() {
+        let b = Backoffs::new(Duration::from_secs(60), 10);
+        let t0 = Instant::now();
+        for i in 0..50 {
+            b.failed(&format!("made-up-{i}.test"), BYE, t0);
+            assert!(b.map.len() <= 10);
+        }
+        // Full of live entries: a new domain is not remembered.
+        assert!(b.refusal("made-up-49.test", t0).is_none());
+        // Once they have expired, the next failure sweeps them away.
+        let later = t0 + 2 * FIRST_BACKOFF;
+        b.failed("real.test", BYE, later);
+        assert_eq!(b.map.len(), 1);
+        assert!(b.refusal("real.test", later).is_some());
     }
 }

@@ -13,6 +13,7 @@ mod common;
 mod attacks_federation;
 mod attacks_login;
 mod attacks_http;
+mod attacks_metrics;
 mod browser;
 mod calls;
 mod check;
