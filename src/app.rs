@@ -156,6 +156,9 @@ impl App {
         if new.federation.is_some() != old.federation.is_some() {
             ignored.push("federation");
         }
+        if new.metrics.token != old.metrics.token {
+            ignored.push("metrics");
+        }
         // Everything is read before anything is applied.
         let tls = match (&new.tls, &old.tls) {
             (Some(t), Some(_)) => {

@@ -53,7 +53,18 @@ pub struct Config {
     pub federation: Option<Federation>,
     /// Present when `[turn]` is configured.
     pub turn: Option<Turn>,
+    pub metrics: MetricsAccess,
 }
+
+/// `[metrics]`: who may read `GET /metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsAccess {
+    /// When set, `/metrics` needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+/// The shortest `[metrics] token` accepted.
+const MIN_METRICS_TOKEN: usize = 16;
 
 /// `[turn]`: TURN servers whose time-limited credentials clients get
 /// (coturn's `use-auth-secret` scheme).
@@ -185,6 +196,14 @@ struct RawConfig {
     limits: RawLimits,
     federation: Option<RawFederation>,
     turn: Option<RawTurn>,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -345,6 +364,7 @@ impl Config {
             }
         };
         let turn = raw.turn.map(turn).transpose()?;
+        let metrics = metrics(raw.metrics)?;
         Ok(Config {
             domain,
             listen,
@@ -353,6 +373,7 @@ impl Config {
             limits,
             federation,
             turn,
+            metrics,
         })
     }
 }
@@ -592,6 +613,25 @@ fn turn(t: RawTurn) -> Result<Turn, ConfigError> {
     })
 }
 
+fn metrics(m: RawMetrics) -> Result<MetricsAccess, ConfigError> {
+    if let Some(t) = &m.token {
+        if t.chars().count() < MIN_METRICS_TOKEN {
+            return Err(invalid(
+                "metrics.token",
+                format!("must be at least {MIN_METRICS_TOKEN} characters (a random string)"),
+            ));
+        }
+        // It is compared with what follows `Bearer ` in a header.
+        if !t.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(invalid(
+                "metrics.token",
+                "use printable ASCII without spaces (it is sent in a header)",
+            ));
+        }
+    }
+    Ok(MetricsAccess { token: m.token })
+}
+
 /// `host:port`, `1.2.3.4:port` or `[::1]:port`.
 fn parse_host_port(s: &str) -> Option<HostPort> {
     if let Ok(sa) = s.parse::<SocketAddr>() {
@@ -667,6 +707,25 @@ secret = "0123456789abcdef0123456789abcdef"
         assert!(
             err(&MIN.replace("0123456789abcdef0123456789abcdef", "short")).contains("auth.secret")
         );
+    }
+
+    #[test]
+    fn metrics_section() {
+        assert_eq!(
+            Config::parse(MIN, Path::new(".")).unwrap().metrics.token,
+            None
+        );
+        let c = Config::parse(
+            &format!("{MIN}[metrics]\ntoken = \"0123456789abcdef\"\n"),
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(c.metrics.token.as_deref(), Some("0123456789abcdef"));
+        let e = err(&format!("{MIN}[metrics]\ntoken = \"short\"\n"));
+        assert!(e.contains("metrics.token") && e.contains("16"), "{e}");
+        let e = err(&format!("{MIN}[metrics]\ntoken = \"0123456789 abcdef\"\n"));
+        assert!(e.contains("metrics.token"), "{e}");
+        assert!(err(&format!("{MIN}[metrics]\ntokn = \"x\"\n")).contains("tokn"));
     }
 
     #[test]

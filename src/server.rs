@@ -308,11 +308,7 @@ async fn route(
         (&Method::GET, "/healthz") => {
             text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into())
         }
-        (&Method::GET, "/metrics") => text(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            app.metrics.render(),
-        ),
+        (&Method::GET, "/metrics") => metrics(&app, &req),
         (&Method::GET, "/session") => session_info(&app, &req),
         (&Method::GET, p) if static_file(p).is_some() => serve_static(p),
         (_, "/wsp" | "/token" | "/session" | "/healthz" | "/metrics" | "/.well-known/wsp/keys") => {
@@ -659,6 +655,49 @@ fn authenticate(app: &App, req: &Request<Incoming>) -> Result<Address, TokenErro
             _ => Ok(user),
         })
         .inspect_err(|_| app.metrics.refused(Refusal::Unauthorized))
+}
+
+/// `GET /metrics`: the exposition text, to holders of `[metrics] token`
+/// when it is set.
+fn metrics(app: &App, req: &Request<Incoming>) -> Response<Body> {
+    if let Some(token) = &app.config.metrics.token {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
+        if !presented.is_some_and(|p| same_secret(p, token)) {
+            let mut r = json_error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "/metrics needs the metrics token: Authorization: Bearer <token>",
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    text(
+        StatusCode::OK,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        app.metrics.render(),
+    )
+}
+
+/// Whether `presented` is `expected`, in time that does not depend on
+/// where they differ: each keys an HMAC of the same message, and the two
+/// tags are compared in constant time.
+fn same_secret(presented: &str, expected: &str) -> bool {
+    use ring::hmac;
+    const MESSAGE: &[u8] = b"wspd metrics token";
+    let tag = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, expected.as_bytes()),
+        MESSAGE,
+    );
+    let key = hmac::Key::new(hmac::HMAC_SHA256, presented.as_bytes());
+    hmac::verify(&key, MESSAGE, tag.as_ref()).is_ok()
 }
 
 /// The 401 for a refused token.

@@ -83,3 +83,57 @@ async fn made_up_domains_add_no_metric_labels() {
     assert_eq!(remote_calls(&mb, "a.test"), 1.0, "{mb}");
     assert_eq!(remote_domains(&mb).len(), 1, "{mb}");
 }
+
+const TOKEN: &str = "metrics-token-0123456789";
+
+/// With `[metrics] token`, `/metrics` answers only its holders; without
+/// the key it is open as before.
+#[tokio::test]
+async fn metrics_token_keeps_metrics_private() {
+    let s = TestServer::start(config(
+        "localhost",
+        &format!("[metrics]\ntoken = \"{TOKEN}\"\n"),
+    ))
+    .await;
+    let (status, headers, body) = http(s.addr(), "GET", "/metrics", &[], "").await;
+    assert_eq!(status, 401, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"], "unauthorized", "{body}");
+    assert!(v["description"].is_string(), "{body}");
+    assert!(headers.iter().any(|(k, _)| k == "www-authenticate"));
+    assert!(!body.contains("wspd_"), "{body}");
+
+    for wrong in [
+        "Bearer metrics-token-0123456788",
+        "Bearer metrics-token-012345678",
+        "Bearer ",
+        "Basic metrics-token-0123456789",
+    ] {
+        let (status, _, body) =
+            http(s.addr(), "GET", "/metrics", &[("Authorization", wrong)], "").await;
+        assert_eq!(status, 401, "{wrong}: {body}");
+    }
+    // Not taken from the query as a socket's token is.
+    let (status, _, _) = http(
+        s.addr(),
+        "GET",
+        &format!("/metrics?access_token={TOKEN}"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    let auth = format!("Bearer {TOKEN}");
+    let (status, _, body) =
+        http(s.addr(), "GET", "/metrics", &[("Authorization", &auth)], "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("wspd_sessions"), "{body}");
+    s.stop().await;
+
+    let open = TestServer::localhost().await;
+    let (status, _, body) = http(open.addr(), "GET", "/metrics", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("wspd_sessions"), "{body}");
+    open.stop().await;
+}
