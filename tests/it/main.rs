@@ -11,8 +11,8 @@
 mod common;
 
 mod attacks_federation;
-mod attacks_login;
 mod attacks_http;
+mod attacks_login;
 mod attacks_metrics;
 mod browser;
 mod calls;
