@@ -210,7 +210,7 @@ fn known_users(users: Option<&UsersFile>) -> Option<HashSet<String>> {
 
 /// Refuses the development certificates of `certs/` (as `[tls] cert` or
 /// `[federation] ca`) unless `listen` is loopback.
-pub fn refuse_dev_certs(config: &Config, listen: SocketAddr) -> Result<(), StartError> {
+fn refuse_dev_certs(config: &Config, listen: SocketAddr) -> Result<(), StartError> {
     // The trust first: a development CA makes every development
     // certificate valid for any domain it names.
     if let Some(ca) = config.federation.as_ref().and_then(|f| f.ca.as_deref()) {

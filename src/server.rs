@@ -70,12 +70,13 @@ pub struct Running {
 impl Server {
     /// Binds `config.listen` and builds the server.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
-        // Before binding: a refused configuration never listens.
-        crate::app::refuse_dev_certs(&config, config.listen)?;
-        let listener = TcpListener::bind(config.listen)
+        // Built first: a configuration that is refused never listens.
+        let listen = config.listen;
+        let app = Arc::new(App::build(config)?);
+        let listener = TcpListener::bind(listen)
             .await
-            .map_err(|e| StartError::Bind(config.listen, e))?;
-        Server::build(config, listener)
+            .map_err(|e| StartError::Bind(listen, e))?;
+        Ok(Server { app, listener })
     }
 
     /// Builds the server on a listener the caller bound (tests use port 0).
