@@ -153,6 +153,12 @@ pub struct Limits {
     pub ring_timeout: Duration,
     pub calls_per_socket: usize,
     pub outbox_frames: usize,
+    /// Bytes of frames queued for one client socket and not yet written.
+    pub outbox_bytes: usize,
+    /// The same for one federation link (all its calls together).
+    pub link_outbox_bytes: usize,
+    /// How long a socket's or link's writes may make no progress.
+    pub write_timeout: Duration,
     pub handshake_timeout: Duration,
     pub keepalive_ping: Duration,
     pub keepalive_timeout: Duration,
@@ -172,6 +178,9 @@ impl Default for Limits {
             ring_timeout: Duration::from_secs(60),
             calls_per_socket: 32,
             outbox_frames: 256,
+            outbox_bytes: 1024 * 1024,
+            link_outbox_bytes: 16 * 1024 * 1024,
+            write_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             keepalive_ping: Duration::from_secs(20),
             keepalive_timeout: Duration::from_secs(45),
@@ -260,6 +269,9 @@ struct RawLimits {
     ring_timeout: Option<ConfDuration>,
     calls_per_socket: Option<usize>,
     outbox_frames: Option<usize>,
+    outbox_bytes: Option<usize>,
+    link_outbox_bytes: Option<usize>,
+    write_timeout: Option<ConfDuration>,
     handshake_timeout: Option<ConfDuration>,
     keepalive_ping: Option<ConfDuration>,
     keepalive_timeout: Option<ConfDuration>,
@@ -423,6 +435,9 @@ fn limits(l: RawLimits) -> Result<Limits, ConfigError> {
         ring_timeout: l.ring_timeout.map_or(d.ring_timeout, |x| x.0),
         calls_per_socket: l.calls_per_socket.unwrap_or(d.calls_per_socket),
         outbox_frames: l.outbox_frames.unwrap_or(d.outbox_frames),
+        outbox_bytes: l.outbox_bytes.unwrap_or(d.outbox_bytes),
+        link_outbox_bytes: l.link_outbox_bytes.unwrap_or(d.link_outbox_bytes),
+        write_timeout: l.write_timeout.map_or(d.write_timeout, |x| x.0),
         handshake_timeout: l.handshake_timeout.map_or(d.handshake_timeout, |x| x.0),
         keepalive_ping: l.keepalive_ping.map_or(d.keepalive_ping, |x| x.0),
         keepalive_timeout: l.keepalive_timeout.map_or(d.keepalive_timeout, |x| x.0),
@@ -468,7 +483,22 @@ fn check_limits(limits: &Limits) -> Result<(), ConfigError> {
         ("limits.ring_timeout", limits.ring_timeout),
         ("limits.handshake_timeout", limits.handshake_timeout),
         ("limits.keepalive_ping", limits.keepalive_ping),
+        ("limits.write_timeout", limits.write_timeout),
     ])?;
+    // A frame the server relays may be a little larger than one it read
+    // (the call id added): room for two keeps one large frame from
+    // closing a socket that reads.
+    for (key, bytes) in [
+        ("limits.outbox_bytes", limits.outbox_bytes),
+        ("limits.link_outbox_bytes", limits.link_outbox_bytes),
+    ] {
+        if bytes < 2 * limits.max_frame_bytes {
+            return Err(invalid(
+                key,
+                "must be at least twice limits.max_frame_bytes",
+            ));
+        }
+    }
     if limits.keepalive_timeout <= limits.keepalive_ping {
         return Err(invalid(
             "limits.keepalive_timeout",

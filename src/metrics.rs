@@ -59,6 +59,8 @@ pub enum Refusal {
     SlowReader,
     /// Socket closed: silent past `limits.keepalive_timeout`.
     Silent,
+    /// Socket closed: its writes made no progress for `limits.write_timeout`.
+    WriteTimeout,
 }
 
 impl Refusal {
@@ -74,6 +76,7 @@ impl Refusal {
             Refusal::TooBig => "too_big",
             Refusal::SlowReader => "slow_reader",
             Refusal::Silent => "silent",
+            Refusal::WriteTimeout => "write_timeout",
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::frame::{self, Body, ByeCode, Close, CloseCode, Keyword, ServerBye};
 use crate::limits::TokenBucket;
 use crate::logging::Escaped;
 use crate::metrics::Metrics;
-use crate::peer::{Out, Outbox, Peer, close_outbox};
+use crate::peer::{Bounds, Out, Outbox, Peer, close_outbox};
 use crate::router::{Router, Via};
 use crate::socket::{self, Handler, PumpConfig};
 
@@ -56,7 +56,14 @@ impl Registered {
         limits: &Limits,
         shutdown: &CancellationToken,
     ) -> Registered {
-        let (me, outbox) = Peer::new(router.next_peer_id(), limits.outbox_frames, shutdown);
+        let (me, outbox) = Peer::new(
+            router.next_peer_id(),
+            Bounds {
+                messages: limits.outbox_frames,
+                bytes: limits.outbox_bytes,
+            },
+            shutdown,
+        );
         let span = info_span!(parent: None, "session", id = me.id, user = %user, %remote);
         router.register(&user, me.clone());
         router.metrics().sessions.inc();
@@ -119,7 +126,7 @@ where
     let Registered {
         user,
         me,
-        outbox: Outbox { mut rx, kill },
+        mut outbox,
         span,
     } = reg;
     let cfg = PumpConfig::from_limits(&limits);
@@ -134,9 +141,9 @@ where
     };
     async move {
         info!(parent: &s.span, "connected");
-        let close = socket::pump(&mut ws, &mut rx, &kill, &shutdown, &cfg, &mut s).await;
+        let close = socket::pump(&mut ws, &mut outbox, &shutdown, &cfg, &mut s).await;
         let calls = std::mem::take(&mut s.calls).into_vec();
-        leave(&s.router, &s.user, &s.me, &mut rx, calls);
+        leave(&s.router, &s.user, &s.me, &mut outbox.rx, calls);
         socket::close_socket(&mut ws, close, &s.span).await;
     }
 }

@@ -6,6 +6,9 @@
 //! then sends the close frame. Each of those is a small function here; the
 //! loop only chooses which runs next.
 
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -25,7 +28,7 @@ use crate::config::Limits;
 use crate::frame::{Close, CloseCode, FrameError};
 use crate::logging::Escaped;
 use crate::metrics::{Metrics, Refusal};
-use crate::peer::Out;
+use crate::peer::{Out, Outbox};
 
 /// The read buffer every socket holds: candidates and most frames fit, a
 /// larger SDP grows it for the frame (tungstenite reserves the frame's
@@ -86,6 +89,7 @@ pub fn bad_frame(e: FrameError, metrics: &Metrics) -> Close {
 pub struct PumpConfig {
     pub ping_after: Duration,
     pub dead_after: Duration,
+    pub write_timeout: Duration,
     pub max_frame_bytes: usize,
 }
 
@@ -94,6 +98,7 @@ impl PumpConfig {
         PumpConfig {
             ping_after: l.keepalive_ping,
             dead_after: l.keepalive_timeout,
+            write_timeout: l.write_timeout,
             max_frame_bytes: l.max_frame_bytes,
         }
     }
@@ -114,17 +119,21 @@ pub fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
 }
 
 /// Drives one socket: reads frames into `h`, writes the outbox in batches,
-/// pings when quiet, drops the silent. Returns why it ended: `Some` when
-/// the server decided to close (the caller sends the close frame with
-/// [`close_socket`]), `None` when the socket ended by itself.
+/// pings when quiet, drops the silent and the stalled. Returns why it
+/// ended: `Some` when the server decided to close (the caller sends the
+/// close frame with [`close_socket`]), `None` when the socket ended by
+/// itself.
 ///
-/// `kill` must be a child of `shutdown` (`shutdown.child_token()`): it ends
-/// this socket alone (a reader too slow), and the server's shutdown ends it
-/// with every other. One token is polled per turn of the loop, not two.
+/// The outbox's kill switch is a child of `shutdown`: it ends this socket
+/// alone (a reader too slow), and the server's shutdown ends it with every
+/// other. One token is polled per turn of the loop, not two.
+///
+/// One timer serves the keepalive, the handler's deadline and, while a
+/// write is blocked, the write's: a socket that takes no bytes for
+/// `write_timeout` is closed, and the keepalive's dead line still holds.
 pub async fn pump<S, H>(
     ws: &mut WebSocketStream<S>,
-    rx: &mut mpsc::Receiver<Out>,
-    kill: &CancellationToken,
+    outbox: &mut Outbox,
     shutdown: &CancellationToken,
     cfg: &PumpConfig,
     h: &mut H,
@@ -142,10 +151,12 @@ where
     // Registered once: a fresh `cancelled()` in every turn of the loop
     // would take the token's locks to register and unregister its waker
     // for every frame.
-    let ended = kill.cancelled();
+    let Outbox { rx, shared } = outbox;
+    let ended = shared.kill().cancelled();
     tokio::pin!(ended);
 
     loop {
+        let mut ping = false;
         tokio::select! {
             biased;
             _ = &mut ended => return Some(killed(ws, rx, &mut batch, h, shutdown).await),
@@ -153,18 +164,7 @@ where
                 if n == 0 {
                     return None;
                 }
-                // The batch first: it usually completes at once, and the
-                // token is only polled while the socket cannot take it.
-                // Inline, not an async fn: that made every idle socket's
-                // task larger (docs/performance.md).
-                let res = tokio::select! {
-                    biased;
-                    r = write_batch(ws, &mut batch, h) => r,
-                    _ = &mut ended => Err(WsError::ConnectionClosed),
-                };
-                if res.is_err() {
-                    return None;
-                }
+                mark(&mut batch, h);
                 // Attach/detach may have moved the handler's own deadline.
                 if let Some(w) = h.wake_at()
                     && w < timer.deadline()
@@ -192,21 +192,157 @@ where
             }
             () = &mut timer => {
                 let now = Instant::now();
-                let ping = match keepalive::due(last_heard, &mut pinged, now, h, cfg) {
-                    Due::Nothing => false,
-                    Due::Ping => true,
+                match keepalive::due(last_heard, &mut pinged, now, h, cfg, false) {
+                    Due::Nothing => {}
+                    Due::Ping => ping = true,
                     Due::Dead => return None,
                     Due::Close(c) => return Some(c),
-                };
-                if ping && ws.send(Message::Ping(Default::default())).await.is_err() {
-                    return None;
                 }
                 timer
                     .as_mut()
                     .reset(keepalive::next(last_heard, pinged, now, h.wake_at(), cfg));
             }
         }
+        if batch.is_empty() && !ping {
+            continue;
+        }
+        // The write. Inline, not an async fn: that made every idle
+        // socket's task larger (docs/performance.md).
+        let fed = AtomicU32::new(0);
+        let wrote = {
+            let write = write_frames(ws, &mut batch, ping, &fed);
+            tokio::pin!(write);
+            // Polled once first: a write usually completes at once, and
+            // then neither the token nor the timer is touched.
+            match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+                Poll::Ready(r) => Wrote::Done(r),
+                Poll::Pending => {
+                    // The socket does not take what is written: from now
+                    // on the timer watches the write too.
+                    let now = Instant::now();
+                    let mut stall = Stall::new(now, cfg);
+                    timer.as_mut().reset(keepalive::blocked_next(
+                        last_heard,
+                        now,
+                        stall.line,
+                        h.wake_at(),
+                        cfg,
+                    ));
+                    loop {
+                        tokio::select! {
+                            biased;
+                            r = &mut write => break Wrote::Blocked(r),
+                            _ = &mut ended => break Wrote::Killed,
+                            () = &mut timer => match blocked_tick(&mut stall, &fed, last_heard, &mut pinged, h, cfg) {
+                                Ok(next) => timer.as_mut().reset(next),
+                                Err(end) => break end,
+                            },
+                        }
+                    }
+                }
+            }
+        };
+        match wrote {
+            Wrote::Done(Ok(bytes)) => shared.written(bytes),
+            Wrote::Blocked(Ok(bytes)) => {
+                shared.written(bytes);
+                // Back to the keepalive's own line (a ping that fell due
+                // while the write was blocked goes out now).
+                let now = Instant::now();
+                timer
+                    .as_mut()
+                    .reset(keepalive::next(last_heard, pinged, now, h.wake_at(), cfg));
+            }
+            Wrote::Done(Err(_)) | Wrote::Blocked(Err(_)) | Wrote::Dead => return None,
+            Wrote::Killed => return Some(killed(ws, rx, &mut batch, h, shutdown).await),
+            Wrote::Stalled => return Some(stalled(h, cfg)),
+            Wrote::Close(c) => return Some(c),
+        }
     }
+}
+
+/// How a write ended.
+enum Wrote {
+    /// At once (the bytes of frames written, or the socket's error).
+    Done(Result<usize, WsError>),
+    /// After blocking for a while.
+    Blocked(Result<usize, WsError>),
+    /// The kill switch fired meanwhile.
+    Killed,
+    /// No progress for `write_timeout`.
+    Stalled,
+    /// Silent past the keepalive's dead line meanwhile.
+    Dead,
+    /// The handler's deadline closed the socket meanwhile.
+    Close(Close),
+}
+
+/// Watches a blocked write's progress (the steps [`write_frames`] counts):
+/// stalled when a whole `write_timeout` passed without a step, so a socket
+/// taking nothing is closed between one and two `write_timeout`s after its
+/// last progress.
+struct Stall {
+    seen: u32,
+    line: Instant,
+}
+
+impl Stall {
+    fn new(now: Instant, cfg: &PumpConfig) -> Stall {
+        Stall {
+            seen: 0,
+            line: now + cfg.write_timeout,
+        }
+    }
+
+    /// At `now`: true when no step was made since the last line.
+    fn stalled(&mut self, fed: &AtomicU32, now: Instant, cfg: &PumpConfig) -> bool {
+        if now < self.line {
+            return false;
+        }
+        let steps = fed.load(Relaxed);
+        if steps == self.seen {
+            return true;
+        }
+        self.seen = steps;
+        self.line = now + cfg.write_timeout;
+        false
+    }
+}
+
+/// The timer fired while a write is blocked: what ends the socket, or when
+/// to look again. No ping is sent meanwhile (it would wait behind the
+/// write), but the dead line and the handler's deadline hold.
+fn blocked_tick<H: Handler>(
+    stall: &mut Stall,
+    fed: &AtomicU32,
+    last_heard: Instant,
+    pinged: &mut bool,
+    h: &mut H,
+    cfg: &PumpConfig,
+) -> Result<Instant, Wrote> {
+    let now = Instant::now();
+    if stall.stalled(fed, now, cfg) {
+        return Err(Wrote::Stalled);
+    }
+    match keepalive::due(last_heard, pinged, now, h, cfg, true) {
+        Due::Nothing | Due::Ping => {}
+        Due::Dead => return Err(Wrote::Dead),
+        Due::Close(c) => return Err(Wrote::Close(c)),
+    }
+    Ok(keepalive::blocked_next(
+        last_heard,
+        now,
+        stall.line,
+        h.wake_at(),
+        cfg,
+    ))
+}
+
+/// The socket took nothing for `write_timeout`: counted and logged.
+fn stalled<H: Handler>(h: &H, cfg: &PumpConfig) -> Close {
+    h.metrics().refused(Refusal::WriteTimeout);
+    info!(parent: h.span(), timeout = ?cfg.write_timeout, "writes stalled: closing");
+    Close::new(CloseCode::Policy, "not reading: writes stalled")
 }
 
 /// The kill switch fired: the reader was too slow for its outbox, or the
@@ -330,15 +466,20 @@ mod keepalive {
         Some(now + cfg.ping_after)
     }
 
-    /// What is due when the timer fires at `now`.
+    /// What is due when the timer fires at `now`. While a write is
+    /// blocked (`writing`) no ping is due: it could not go out, and nothing
+    /// is read meanwhile. The dead line then holds whether or not a ping
+    /// went out: a socket that has neither taken nor sent anything for
+    /// `dead_after` is dropped.
     pub(super) fn due<H: Handler>(
         last_heard: Instant,
         pinged: &mut bool,
         now: Instant,
         h: &mut H,
         cfg: &PumpConfig,
+        writing: bool,
     ) -> Due {
-        if *pinged && now >= last_heard + cfg.dead_after {
+        if (*pinged || writing) && now >= last_heard + cfg.dead_after {
             h.metrics().refused(Refusal::Silent);
             info!(parent: h.span(), "silent for too long: dropping");
             return Due::Dead;
@@ -346,7 +487,7 @@ mod keepalive {
         if let Some(c) = h.on_tick(now) {
             return Due::Close(c);
         }
-        if !*pinged && now >= last_heard + cfg.ping_after {
+        if !writing && !*pinged && now >= last_heard + cfg.ping_after {
             *pinged = true;
             return Due::Ping;
         }
@@ -370,6 +511,20 @@ mod keepalive {
             };
         wake.map_or(next, |w| w.max(now + Duration::from_millis(10)).min(next))
     }
+
+    /// When the timer should fire next while a write is blocked: at the
+    /// write's `stall_line`, the dead line, or the handler's deadline,
+    /// whichever is first.
+    pub(super) fn blocked_next(
+        last_heard: Instant,
+        now: Instant,
+        stall_line: Instant,
+        wake: Option<Instant>,
+        cfg: &PumpConfig,
+    ) -> Instant {
+        let next = stall_line.min(last_heard + cfg.dead_after);
+        wake.map_or(next, |w| w.max(now + Duration::from_millis(10)).min(next))
+    }
 }
 
 /// Writes what was queued before the shutdown (the calls' byes 503) before
@@ -383,43 +538,70 @@ async fn flush_for_shutdown<S, H>(
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
+    let fed = AtomicU32::new(0);
     let flush = async {
-        while let Ok(out) = rx.try_recv() {
-            batch.push(out);
-            if batch.len() == WRITE_BATCH {
-                write_batch(ws, batch, h).await?;
+        loop {
+            while batch.len() < WRITE_BATCH
+                && let Ok(out) = rx.try_recv()
+            {
+                batch.push(out);
             }
+            mark(batch, h);
+            if batch.is_empty() {
+                return Ok::<_, WsError>(());
+            }
+            write_frames(ws, batch, false, &fed).await?;
         }
-        write_batch(ws, batch, h).await
     };
     let _ = tokio::time::timeout(SHUTDOWN_FLUSH, flush).await;
 }
 
-/// Writes queued frames with one flush, and applies attach/detach.
-async fn write_batch<S, H>(
-    ws: &mut WebSocketStream<S>,
-    batch: &mut Vec<Out>,
-    h: &mut H,
-) -> Result<(), WsError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    H: Handler,
-{
-    let mut wrote = false;
-    for out in batch.drain(..) {
+/// Applies a batch's attach and detach marks to the handler, leaving its
+/// frames. All of a batch's marks are applied before any of its frames is
+/// written, so that a write that fails halfway loses no mark: the calls
+/// the handler knows are the calls it must end.
+fn mark<H: Handler>(batch: &mut Vec<Out>, h: &mut H) {
+    for out in batch.extract_if(.., |out| !matches!(out, Out::Frame(_))) {
         match out {
-            Out::Frame(text) => {
-                ws.feed(Message::Text(text)).await?;
-                wrote = true;
-            }
             Out::Attach(id) => h.on_attach(id),
             Out::Detach(id) => h.on_detach(id),
+            Out::Frame(_) => {}
         }
     }
-    if wrote {
-        ws.flush().await?;
+}
+
+/// Writes a batch of frames (and a ping first, if asked) with one flush.
+/// Returns the bytes of frames written; `fed` counts each frame and the
+/// flush as they complete, so that a blocked write shows its progress.
+async fn write_frames<S>(
+    ws: &mut WebSocketStream<S>,
+    batch: &mut Vec<Out>,
+    ping: bool,
+    fed: &AtomicU32,
+) -> Result<usize, WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if ping {
+        ws.feed(Message::Ping(Default::default())).await?;
     }
-    Ok(())
+    let mut bytes = 0;
+    for out in batch.drain(..) {
+        if let Out::Frame(text) = out {
+            bytes += text.len();
+            ws.feed(Message::Text(text)).await?;
+            step(fed);
+        }
+    }
+    ws.flush().await?;
+    step(fed);
+    Ok(bytes)
+}
+
+/// Counts one step of a write's progress. One task writes and reads it:
+/// a plain load and store, not a locked add.
+fn step(fed: &AtomicU32) {
+    fed.store(fed.load(Relaxed).wrapping_add(1), Relaxed);
 }
 
 /// Sends the close frame (when there is one) and gives the other side a

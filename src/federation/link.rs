@@ -80,7 +80,7 @@ pub async fn run<S>(
         dir,
         remote,
         peer,
-        outbox: Outbox { mut rx, kill },
+        mut outbox,
         router,
         span,
         idle_after,
@@ -104,9 +104,9 @@ pub async fn run<S>(
         max_calls,
         span,
     };
-    let close = socket::pump(ws, &mut rx, &kill, shutdown, cfg, &mut h).await;
+    let close = socket::pump(ws, &mut outbox, shutdown, cfg, &mut h).await;
     unlist();
-    let calls = close_outbox(&mut rx, std::mem::take(&mut h.calls));
+    let calls = close_outbox(&mut outbox.rx, std::mem::take(&mut h.calls));
     socket::close_socket(ws, close, &h.span).await;
     if calls.is_empty() {
         info!(parent: &h.span, "link closed");

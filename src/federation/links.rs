@@ -31,11 +31,12 @@ use crate::frame::ServerBye;
 use crate::limits::TokenBucket;
 use crate::logging::Escaped;
 use crate::metrics::Metrics;
-use crate::peer::Peer;
+use crate::peer::{Bounds, Peer};
 use crate::router::{Remote, Router};
 use crate::socket::PumpConfig;
 
-/// How many frames may wait for one link (all its calls together).
+/// How many messages may wait for one link (all its calls together); its
+/// bytes are bounded by `limits.link_outbox_bytes`.
 const LINK_OUTBOX: usize = 8192;
 /// The first backoff after a failed link attempt; it doubles up to
 /// `federation.backoff_max`.
@@ -148,6 +149,7 @@ pub struct Links {
     /// `allow` and `deny`, replaced on reload (SIGHUP).
     policy: std::sync::RwLock<(Vec<String>, Vec<String>)>,
     pump: PumpConfig,
+    outbox: Bounds,
     dialer: Dialer,
     auth: LinkAuthenticator,
     metrics: Arc<Metrics>,
@@ -196,6 +198,10 @@ impl Links {
             fed: fed.clone(),
             policy: std::sync::RwLock::new((fed.allow.clone(), fed.deny.clone())),
             pump: PumpConfig::from_limits(&config.limits),
+            outbox: Bounds {
+                messages: LINK_OUTBOX,
+                bytes: config.limits.link_outbox_bytes,
+            },
             dialer,
             auth: LinkAuthenticator::new(config.domain.clone(), metrics.clone()),
             metrics,
@@ -259,7 +265,7 @@ impl Links {
         remote: String,
         span: impl FnOnce(u64) -> Span,
     ) -> (Peer, LinkRun) {
-        let (peer, outbox) = Peer::new(router.next_peer_id(), LINK_OUTBOX, &self.shutdown);
+        let (peer, outbox) = Peer::new(router.next_peer_id(), self.outbox, &self.shutdown);
         let span = span(peer.id);
         let run = LinkRun {
             dir,

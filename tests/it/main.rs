@@ -14,6 +14,7 @@ mod attacks_federation;
 mod attacks_http;
 mod attacks_login;
 mod attacks_metrics;
+mod attacks_readers;
 mod browser;
 mod calls;
 mod check;

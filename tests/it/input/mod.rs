@@ -127,6 +127,7 @@ async fn assert_refusals(s: &TestServer, expected: &[(&str, f64)]) {
         "too_big",
         "slow_reader",
         "silent",
+        "write_timeout",
     ] {
         let want = expected
             .iter()
