@@ -6,12 +6,11 @@
 //! then sends the close frame. Each of those is a small function here; the
 //! loop only chooses which runs next.
 
-use std::sync::atomic::AtomicU32;
-use std::sync::atomic::Ordering::Relaxed;
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
@@ -206,45 +205,44 @@ where
         if batch.is_empty() && !ping {
             continue;
         }
-        // The write. Inline, not an async fn: that made every idle
-        // socket's task larger (docs/performance.md).
-        let fed = AtomicU32::new(0);
-        let wrote = {
-            let write = write_frames(ws, &mut batch, ping, &fed);
-            tokio::pin!(write);
-            // Polled once first: a write usually completes at once, and
-            // then neither the token nor the timer is touched.
-            match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-                Poll::Ready(r) => Wrote::Done(r),
-                Poll::Pending => {
-                    // The socket does not take what is written: from now
-                    // on the timer watches the write too.
-                    let now = Instant::now();
-                    let mut stall = Stall::new(now, cfg);
-                    timer.as_mut().reset(keepalive::blocked_next(
-                        last_heard,
-                        now,
-                        stall.line,
-                        h.wake_at(),
-                        cfg,
-                    ));
-                    loop {
-                        tokio::select! {
-                            biased;
-                            r = &mut write => break Wrote::Blocked(r),
-                            _ = &mut ended => break Wrote::Killed,
-                            () = &mut timer => match blocked_tick(&mut stall, &fed, last_heard, &mut pinged, h, cfg) {
-                                Ok(next) => timer.as_mut().reset(next),
-                                Err(end) => break end,
-                            },
-                        }
+        // The write, polled by hand (see [`Writing`]).
+        let mut w = Writing::new(ping);
+        // Polled once first: a write usually completes at once, and then
+        // neither the token nor the timer is touched.
+        let wrote = match std::future::poll_fn(|cx| Poll::Ready(w.poll(ws, &mut batch, cx))).await {
+            Poll::Ready(r) => Wrote::Done(r.ok()),
+            Poll::Pending => {
+                // The socket does not take what is written: from now on
+                // the timer watches the write too.
+                let now = Instant::now();
+                let mut stall = Stall::new(now, cfg);
+                timer.as_mut().reset(keepalive::blocked_next(
+                    last_heard,
+                    now,
+                    stall.line,
+                    h.wake_at(),
+                    cfg,
+                ));
+                loop {
+                    tokio::select! {
+                        biased;
+                        r = std::future::poll_fn(|cx| w.poll(ws, &mut batch, cx)) => break Wrote::Blocked(r.ok()),
+                        _ = &mut ended => break Wrote::Killed,
+                        () = &mut timer => match blocked_tick(&mut stall, w.steps, last_heard, &mut pinged, h, cfg) {
+                            Ok(next) => timer.as_mut().reset(next),
+                            Err(end) => break end,
+                        },
                     }
                 }
             }
         };
-        match wrote {
-            Wrote::Done(Ok(bytes)) => shared.written(bytes),
-            Wrote::Blocked(Ok(bytes)) => {
+        // No await in this match: `wrote` would be kept in the task.
+        let killed_meanwhile = match wrote {
+            Wrote::Done(Some(bytes)) => {
+                shared.written(bytes);
+                false
+            }
+            Wrote::Blocked(Some(bytes)) => {
                 shared.written(bytes);
                 // Back to the keepalive's own line (a ping that fell due
                 // while the write was blocked goes out now).
@@ -252,21 +250,29 @@ where
                 timer
                     .as_mut()
                     .reset(keepalive::next(last_heard, pinged, now, h.wake_at(), cfg));
+                false
             }
-            Wrote::Done(Err(_)) | Wrote::Blocked(Err(_)) | Wrote::Dead => return None,
-            Wrote::Killed => return Some(killed(ws, rx, &mut batch, h, shutdown).await),
+            Wrote::Done(None) | Wrote::Blocked(None) | Wrote::Dead => return None,
+            Wrote::Killed => true,
             Wrote::Stalled => return Some(stalled(h, cfg)),
             Wrote::Close(c) => return Some(c),
+        };
+        if killed_meanwhile {
+            // What was not written yet goes first if the server is
+            // shutting down.
+            batch.drain(..w.sent);
+            return Some(killed(ws, rx, &mut batch, h, shutdown).await);
         }
     }
 }
 
 /// How a write ended.
 enum Wrote {
-    /// At once (the bytes of frames written, or the socket's error).
-    Done(Result<usize, WsError>),
+    /// At once: the bytes of frames written, or `None` if the socket
+    /// failed (it is over; the error is not kept, for the task's size).
+    Done(Option<usize>),
     /// After blocking for a while.
-    Blocked(Result<usize, WsError>),
+    Blocked(Option<usize>),
     /// The kill switch fired meanwhile.
     Killed,
     /// No progress for `write_timeout`.
@@ -277,7 +283,7 @@ enum Wrote {
     Close(Close),
 }
 
-/// Watches a blocked write's progress (the steps [`write_frames`] counts):
+/// Watches a blocked write's progress (the steps [`Writing`] counts):
 /// stalled when a whole `write_timeout` passed without a step, so a socket
 /// taking nothing is closed between one and two `write_timeout`s after its
 /// last progress.
@@ -295,11 +301,10 @@ impl Stall {
     }
 
     /// At `now`: true when no step was made since the last line.
-    fn stalled(&mut self, fed: &AtomicU32, now: Instant, cfg: &PumpConfig) -> bool {
+    fn stalled(&mut self, steps: u32, now: Instant, cfg: &PumpConfig) -> bool {
         if now < self.line {
             return false;
         }
-        let steps = fed.load(Relaxed);
         if steps == self.seen {
             return true;
         }
@@ -314,14 +319,14 @@ impl Stall {
 /// write), but the dead line and the handler's deadline hold.
 fn blocked_tick<H: Handler>(
     stall: &mut Stall,
-    fed: &AtomicU32,
+    steps: u32,
     last_heard: Instant,
     pinged: &mut bool,
     h: &mut H,
     cfg: &PumpConfig,
 ) -> Result<Instant, Wrote> {
     let now = Instant::now();
-    if stall.stalled(fed, now, cfg) {
+    if stall.stalled(steps, now, cfg) {
         return Err(Wrote::Stalled);
     }
     match keepalive::due(last_heard, pinged, now, h, cfg, true) {
@@ -538,7 +543,6 @@ async fn flush_for_shutdown<S, H>(
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
-    let fed = AtomicU32::new(0);
     let flush = async {
         loop {
             while batch.len() < WRITE_BATCH
@@ -550,7 +554,8 @@ async fn flush_for_shutdown<S, H>(
             if batch.is_empty() {
                 return Ok::<_, WsError>(());
             }
-            write_frames(ws, batch, false, &fed).await?;
+            let mut w = Writing::new(false);
+            std::future::poll_fn(|cx| w.poll(ws, batch, cx)).await?;
         }
     };
     let _ = tokio::time::timeout(SHUTDOWN_FLUSH, flush).await;
@@ -570,38 +575,63 @@ fn mark<H: Handler>(batch: &mut Vec<Out>, h: &mut H) {
     }
 }
 
-/// Writes a batch of frames (and a ping first, if asked) with one flush.
-/// Returns the bytes of frames written; `fed` counts each frame and the
-/// flush as they complete, so that a blocked write shows its progress.
-async fn write_frames<S>(
-    ws: &mut WebSocketStream<S>,
-    batch: &mut Vec<Out>,
+/// A batch being written: the frames of `batch` (marks already applied),
+/// a ping first if asked, then one flush. Polled by hand rather than
+/// written as an async fn: its state is these few fields, where an async
+/// fn would keep a `Feed` future with its message in every socket's task.
+struct Writing {
     ping: bool,
-    fed: &AtomicU32,
-) -> Result<usize, WsError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    if ping {
-        ws.feed(Message::Ping(Default::default())).await?;
-    }
-    let mut bytes = 0;
-    for out in batch.drain(..) {
-        if let Out::Frame(text) = out {
-            bytes += text.len();
-            ws.feed(Message::Text(text)).await?;
-            step(fed);
-        }
-    }
-    ws.flush().await?;
-    step(fed);
-    Ok(bytes)
+    /// Frames of the batch handed to the socket so far.
+    sent: usize,
+    /// Their bytes.
+    bytes: usize,
+    /// Frames handed over, and the flush: how a blocked write shows its
+    /// progress.
+    steps: u32,
 }
 
-/// Counts one step of a write's progress. One task writes and reads it:
-/// a plain load and store, not a locked add.
-fn step(fed: &AtomicU32) {
-    fed.store(fed.load(Relaxed).wrapping_add(1), Relaxed);
+impl Writing {
+    fn new(ping: bool) -> Writing {
+        Writing {
+            ping,
+            sent: 0,
+            bytes: 0,
+            steps: 0,
+        }
+    }
+
+    /// Goes on writing; ready with the bytes of frames written once all
+    /// are flushed, when the batch is empty again.
+    fn poll<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        batch: &mut Vec<Out>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<usize, WsError>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut ws = Pin::new(ws);
+        if self.ping {
+            ready!(ws.as_mut().poll_ready(cx))?;
+            ws.as_mut().start_send(Message::Ping(Default::default()))?;
+            self.ping = false;
+        }
+        while let Some(out) = batch.get_mut(self.sent) {
+            ready!(ws.as_mut().poll_ready(cx))?;
+            let out = std::mem::replace(out, Out::Frame(Default::default()));
+            self.sent += 1;
+            if let Out::Frame(text) = out {
+                self.bytes += text.len();
+                ws.as_mut().start_send(Message::Text(text))?;
+                self.steps = self.steps.wrapping_add(1);
+            }
+        }
+        ready!(ws.as_mut().poll_flush(cx))?;
+        self.steps = self.steps.wrapping_add(1);
+        batch.clear();
+        Poll::Ready(Ok(self.bytes))
+    }
 }
 
 /// Sends the close frame (when there is one) and gives the other side a
