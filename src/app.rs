@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -17,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
+use crate::acme::{Acme, AcmeError};
 use crate::auth::{Tokens, UsersError, UsersFile};
-use crate::config::Config;
+use crate::config::{Config, Tls};
 use crate::devcerts;
 use crate::federation::links::{Links, LinksError};
 use crate::metrics::Metrics;
@@ -60,6 +62,9 @@ pub struct App {
     pub tasks: TaskTracker,
     /// The TLS acceptor for new connections, replaced on reload.
     tls: std::sync::RwLock<Option<TlsAcceptor>>,
+    /// With `[tls] acme = true`: the certificate's lifecycle, taken by the
+    /// server's run (see [`App::take_acme`]).
+    acme: std::sync::Mutex<Option<Acme>>,
 }
 
 impl App {
@@ -69,8 +74,15 @@ impl App {
         let users = load_users(&config)?;
         let known = known_users(users.as_deref());
         refuse_dev_certs(&config, config.listen)?;
-        let tls = config.tls.as_ref().map(load_tls).transpose()?;
         let metrics = Arc::new(Metrics::new());
+        let (tls, acme) = match &config.tls {
+            None => (None, None),
+            Some(Tls::Files { cert, key }) => (Some(load_tls(cert, key)?), None),
+            Some(Tls::Acme(settings)) => {
+                let acme = Acme::new(settings, metrics.clone())?;
+                (Some(acme.acceptor()), Some(acme))
+            }
+        };
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let links = match &config.federation {
@@ -107,6 +119,7 @@ impl App {
             draining: AtomicBool::new(false),
             tasks,
             tls: std::sync::RwLock::new(tls),
+            acme: std::sync::Mutex::new(acme),
         };
         Ok(app)
     }
@@ -127,6 +140,11 @@ impl App {
         let calls = self.router.shutdown_calls();
         info!(calls, "shutting down: untransferred calls ended with 503");
         self.shutdown.cancel();
+    }
+
+    /// The ACME lifecycle to run, once (`None` without ACME or when taken).
+    pub fn take_acme(&self) -> Option<Acme> {
+        self.acme.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// The TLS acceptor new connections use (None: plain TCP).
@@ -150,8 +168,14 @@ impl App {
         if new.listen != old.listen {
             ignored.push("listen");
         }
-        if new.tls.is_some() != old.tls.is_some() {
-            ignored.push("tls");
+        match (&new.tls, &old.tls) {
+            (Some(Tls::Files { .. }), Some(Tls::Files { .. })) | (None, None) => {}
+            (Some(Tls::Acme(a)), Some(Tls::Acme(b))) => {
+                if a != b {
+                    ignored.push("acme");
+                }
+            }
+            _ => ignored.push("tls"),
         }
         if new.federation.is_some() != old.federation.is_some() {
             ignored.push("federation");
@@ -161,9 +185,9 @@ impl App {
         }
         // Everything is read before anything is applied.
         let tls = match (&new.tls, &old.tls) {
-            (Some(t), Some(_)) => {
+            (Some(Tls::Files { cert, key }), Some(Tls::Files { .. })) => {
                 refuse_dev_certs(new, old.listen)?;
-                Some(load_tls(t)?)
+                Some(load_tls(cert, key)?)
             }
             _ => None,
         };
@@ -193,6 +217,8 @@ pub enum StartError {
     Links(#[from] LinksError),
     #[error(transparent)]
     DevCert(#[from] devcerts::DevCertError),
+    #[error("[acme]: {0}")]
+    Acme(#[from] AcmeError),
 }
 
 /// The users file the config names, if any.
@@ -216,24 +242,32 @@ fn refuse_dev_certs(config: &Config, listen: SocketAddr) -> Result<(), StartErro
     if let Some(ca) = config.federation.as_ref().and_then(|f| f.ca.as_deref()) {
         devcerts::refuse_on_public("[federation] ca", ca, listen)?;
     }
-    if let Some(tls) = &config.tls {
-        devcerts::refuse_on_public("[tls] cert", &tls.cert, listen)?;
+    match &config.tls {
+        Some(Tls::Files { cert, .. }) => devcerts::refuse_on_public("[tls] cert", cert, listen)?,
+        // Trusting the development CA for the CA's directory would let
+        // anyone holding its published key answer for the CA.
+        Some(Tls::Acme(acme)) => {
+            if let Some(ca) = &acme.ca {
+                devcerts::refuse_on_public("[acme] ca", ca, listen)?;
+            }
+        }
+        None => {}
     }
     Ok(())
 }
 
-fn load_tls(tls: &crate::config::Tls) -> Result<TlsAcceptor, StartError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
+fn load_tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, StartError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| StartError::Tls(format!("cert {}: {e}", tls.cert.display())))?;
+        .map_err(|e| StartError::Tls(format!("cert {}: {e}", cert.display())))?;
     if certs.is_empty() {
         return Err(StartError::Tls(format!(
             "cert {}: no certificate in it",
-            tls.cert.display()
+            cert.display()
         )));
     }
-    let key = PrivateKeyDer::from_pem_file(&tls.key)
-        .map_err(|e| StartError::Tls(format!("key {}: {e}", tls.key.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| StartError::Tls(format!("key {}: {e}", key.display())))?;
     let mut cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)

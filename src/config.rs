@@ -139,10 +139,44 @@ pub struct Auth {
     pub users: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
-pub struct Tls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+/// `[tls]`: where the listener's certificate comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Tls {
+    /// `cert` and `key`: files, read at start and on SIGHUP.
+    Files { cert: PathBuf, key: PathBuf },
+    /// `acme = true`: obtained and renewed by the server itself, with the
+    /// settings of `[acme]`.
+    Acme(Acme),
+}
+
+/// Let's Encrypt's production directory, the default `[acme] directory`.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory: untrusted certificates, generous
+/// rate limits, for trying a set-up out.
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+/// The most names one certificate may carry (Let's Encrypt's limit).
+pub const MAX_ACME_NAMES: usize = 100;
+
+/// `[acme]`: the certificate authority and what to ask it for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acme {
+    /// The account's contact, a `mailto:` URL.
+    pub contact: String,
+    /// The CA's directory URL (`https://`).
+    pub directory: String,
+    /// Where the account key and the certificates are kept (mode 0700).
+    pub cache: PathBuf,
+    /// The names of the certificate: the domain first, then the extra
+    /// `names`, lowercase, without repeats.
+    pub names: Vec<String>,
+    /// A PEM file of roots trusted for the directory's own HTTPS instead
+    /// of the webpki roots (a test CA).
+    pub ca: Option<PathBuf>,
+    /// The first wait after a failed attempt; it doubles after each
+    /// further failure.
+    pub backoff_min: Duration,
+    /// The longest wait between attempts.
+    pub backoff_max: Duration,
 }
 
 /// Every bound the server keeps. See docs/operating.md.
@@ -201,6 +235,7 @@ struct RawConfig {
     listen: String,
     auth: RawAuth,
     tls: Option<RawTls>,
+    acme: Option<RawAcme>,
     #[serde(default)]
     limits: RawLimits,
     federation: Option<RawFederation>,
@@ -257,8 +292,23 @@ struct RawAuth {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
-    cert: PathBuf,
-    key: PathBuf,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    #[serde(default)]
+    acme: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcme {
+    contact: Option<String>,
+    directory: Option<String>,
+    cache: Option<PathBuf>,
+    #[serde(default)]
+    names: Vec<String>,
+    ca: Option<PathBuf>,
+    backoff_min: Option<ConfDuration>,
+    backoff_max: Option<ConfDuration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -357,10 +407,7 @@ impl Config {
             .ok_or_else(|| invalid("domain", format!("{:?} is not a domain name", raw.domain)))?;
         let listen = listen(&raw.listen)?;
         let auth = auth(raw.auth, listen, base)?;
-        let tls = raw.tls.map(|t| Tls {
-            cert: base.join(t.cert),
-            key: base.join(t.key),
-        });
+        let tls = tls(raw.tls, raw.acme, &domain, base)?;
         let limits = limits(raw.limits)?;
         let federation = match raw.federation {
             None => None,
@@ -368,8 +415,9 @@ impl Config {
                 if tls.is_none() {
                     return Err(invalid(
                         "federation",
-                        "federation needs this server's own TLS listener: set [tls] cert and key \
-                         (links are TLS, and link signatures are bound to the TLS session)",
+                        "federation needs this server's own TLS listener: set [tls] cert and key, \
+                         or [tls] acme = true (links are TLS, and link signatures are bound to \
+                         the TLS session)",
                     ));
                 }
                 Some(federation(f, base)?)
@@ -396,6 +444,123 @@ fn listen(raw: &str) -> Result<SocketAddr, ConfigError> {
             "listen",
             format!("{raw:?} is not an address:port such as 127.0.0.1:8080"),
         )
+    })
+}
+
+/// `[tls]` and `[acme]`: certificate files or ACME, never both.
+fn tls(
+    t: Option<RawTls>,
+    a: Option<RawAcme>,
+    domain: &str,
+    base: &Path,
+) -> Result<Option<Tls>, ConfigError> {
+    let Some(t) = t else {
+        return match a {
+            Some(_) => Err(invalid(
+                "acme",
+                "[acme] is used only with [tls] acme = true",
+            )),
+            None => Ok(None),
+        };
+    };
+    match (t.acme, t.cert, t.key) {
+        (true, None, None) => {
+            let a = a.ok_or_else(|| {
+                invalid(
+                    "acme",
+                    "[tls] acme = true needs an [acme] section with at least contact = \"mailto:...\"",
+                )
+            })?;
+            Ok(Some(Tls::Acme(acme(a, domain, base)?)))
+        }
+        (true, _, _) => Err(invalid(
+            "tls",
+            "[tls] cert/key and acme = true exclude each other: either the certificate comes \
+             from files, or the server obtains it itself (ACME); remove one",
+        )),
+        (false, Some(cert), Some(key)) => {
+            if a.is_some() {
+                return Err(invalid(
+                    "acme",
+                    "[acme] is used only with [tls] acme = true, not with [tls] cert and key",
+                ));
+            }
+            Ok(Some(Tls::Files {
+                cert: base.join(cert),
+                key: base.join(key),
+            }))
+        }
+        (false, _, _) => Err(invalid(
+            "tls",
+            "set both cert and key, or acme = true (with an [acme] section)",
+        )),
+    }
+}
+
+/// `[acme]`, with its defaults, then checked.
+fn acme(a: RawAcme, domain: &str, base: &Path) -> Result<Acme, ConfigError> {
+    let contact = a.contact.ok_or_else(|| {
+        invalid(
+            "acme.contact",
+            "missing: set contact = \"mailto:you@example.org\"",
+        )
+    })?;
+    let valid_contact = contact.strip_prefix("mailto:").is_some_and(|m| {
+        m.split_once('@')
+            .is_some_and(|(u, d)| !u.is_empty() && !d.is_empty())
+            && m.chars().all(|c| c.is_ascii_graphic())
+    });
+    if !valid_contact {
+        return Err(invalid(
+            "acme.contact",
+            format!("{contact:?} is not a mailto: URL such as \"mailto:admin@example.org\""),
+        ));
+    }
+    let directory = a.directory.unwrap_or_else(|| LETS_ENCRYPT.to_string());
+    let valid_directory = directory.strip_prefix("https://").is_some_and(|rest| {
+        !rest.is_empty()
+            && directory
+                .parse::<http::Uri>()
+                .is_ok_and(|u| u.host().is_some())
+    });
+    if !valid_directory {
+        return Err(invalid(
+            "acme.directory",
+            format!("{directory:?} is not an https:// URL"),
+        ));
+    }
+    let mut names = vec![domain.to_string()];
+    for n in domains("acme.names", a.names)? {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    if names.len() > MAX_ACME_NAMES {
+        return Err(invalid(
+            "acme.names",
+            format!("a certificate carries at most {MAX_ACME_NAMES} names, the domain included"),
+        ));
+    }
+    let backoff_min = a.backoff_min.map_or(Duration::from_secs(10), |d| d.0);
+    let backoff_max = a.backoff_max.map_or(Duration::from_secs(3600), |d| d.0);
+    more_than_zero(&[("acme.backoff_min", backoff_min)])?;
+    if backoff_max < backoff_min {
+        return Err(invalid(
+            "acme.backoff_max",
+            "must be at least acme.backoff_min",
+        ));
+    }
+    if backoff_max > Duration::from_secs(24 * 3600) {
+        return Err(invalid("acme.backoff_max", "must be at most 24 hours"));
+    }
+    Ok(Acme {
+        contact,
+        directory,
+        cache: base.join(a.cache.unwrap_or_else(|| PathBuf::from("wspd-acme"))),
+        names,
+        ca: a.ca.map(|c| base.join(c)),
+        backoff_min,
+        backoff_max,
     })
 }
 
@@ -713,9 +878,13 @@ secret = "0123456789abcdef0123456789abcdef"
         .unwrap();
         assert_eq!(c.domain, "example.com");
         assert_eq!(c.auth.users.unwrap(), Path::new("/etc/wspd/users.toml"));
-        let tls = c.tls.unwrap();
-        assert_eq!(tls.cert, Path::new("/etc/wspd/c.pem"));
-        assert_eq!(tls.key, Path::new("/k.pem"));
+        assert_eq!(
+            c.tls.unwrap(),
+            Tls::Files {
+                cert: "/etc/wspd/c.pem".into(),
+                key: "/k.pem".into()
+            }
+        );
         assert_eq!(c.limits.keepalive_timeout, Duration::from_secs(45));
     }
 
@@ -809,6 +978,51 @@ secret = "0123456789abcdef0123456789abcdef"
             "{MIN}{tls}[federation]\nresolver = \"dns.example\"\n"
         ));
         assert!(e.contains("federation.resolver"), "{e}");
+    }
+
+    #[test]
+    fn acme_section() {
+        let acme = "[tls]\nacme = true\n[acme]\ncontact = \"mailto:ops@example.com\"\n";
+        let c = Config::parse(
+            &format!("{MIN}{acme}names = [\"WWW.example.com\", \"example.com\"]\n[federation]\n"),
+            Path::new("/etc/wspd"),
+        )
+        .unwrap();
+        let Some(Tls::Acme(a)) = c.tls else {
+            panic!("ACME expected")
+        };
+        assert_eq!(a.directory, LETS_ENCRYPT);
+        assert_eq!(a.cache, Path::new("/etc/wspd/wspd-acme"));
+        assert_eq!(a.names, ["example.com", "www.example.com"]);
+        assert_eq!(a.ca, None);
+        assert_eq!(a.backoff_min, Duration::from_secs(10));
+        let e = err(&format!(
+            "{MIN}[tls]\nacme = true\ncert = \"c.pem\"\nkey = \"k.pem\"\n"
+        ));
+        assert!(e.contains("tls") && e.contains("exclude"), "{e}");
+        let e = err(&format!("{MIN}[tls]\nacme = true\n"));
+        assert!(e.contains("[acme]"), "{e}");
+        let e = err(&format!(
+            "{MIN}[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[acme]\n"
+        ));
+        assert!(e.starts_with("acme:"), "{e}");
+        let e = err(&format!("{MIN}[tls]\ncert = \"c.pem\"\n"));
+        assert!(e.starts_with("tls:"), "{e}");
+        let e = err(&format!(
+            "{MIN}{}",
+            acme.replace("mailto:ops@example.com", "ops@example.com")
+        ));
+        assert!(e.contains("acme.contact"), "{e}");
+        let e = err(&format!("{MIN}{acme}directory = \"http://ca.test/dir\"\n"));
+        assert!(e.contains("acme.directory"), "{e}");
+        let e = err(&format!("{MIN}{acme}names = [\"not a name\"]\n"));
+        assert!(e.contains("acme.names"), "{e}");
+        let e = err(&format!("{MIN}{acme}colour = 1\n"));
+        assert!(e.contains("colour"), "{e}");
+        let e = err(&format!(
+            "{MIN}{acme}backoff_min = \"2m\"\nbackoff_max = \"1m\"\n"
+        ));
+        assert!(e.contains("acme.backoff_max"), "{e}");
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! - [`config`], [`address`], [`limits`], [`throttle`], [`logging`],
 //!   [`devcerts`]: the leaves.
 
+pub mod acme;
 pub mod address;
 pub mod app;
 pub mod auth;

@@ -9,6 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 use crate::frame::Keyword;
 use crate::frame::Outcome;
@@ -34,6 +35,10 @@ pub struct Metrics {
     dns_lookups: Family<Labels, Counter>,
     limits_hit: Family<Labels, Counter>,
     remote_calls: Family<[(&'static str, String); 2], Counter>,
+    /// Days until the certificate expires, by source (only `acme` today:
+    /// no series until ACME serves a certificate).
+    certificate_days_left: Family<Labels, Gauge<f64, AtomicU64>>,
+    acme_orders: Family<Labels, Counter>,
 }
 
 /// Why the server refused or closed something: `wspd_refusals_total{reason}`.
@@ -132,6 +137,16 @@ impl Metrics {
                 "remote_calls",
                 "Calls with another domain ended, by remote domain and outcome",
             ),
+            certificate_days_left: metric(
+                &mut r,
+                "certificate_days_left",
+                "Days until the TLS certificate expires, by source",
+            ),
+            acme_orders: metric(
+                &mut r,
+                "acme_orders",
+                "Attempts to obtain a certificate from the ACME CA, by result",
+            ),
             registry: r,
         }
     }
@@ -198,6 +213,18 @@ impl Metrics {
                 ("outcome", outcome.as_str().to_string()),
             ])
             .inc();
+    }
+
+    /// The certificate obtained by ACME expires in `days`.
+    pub fn set_certificate_days_left(&self, days: f64) {
+        self.certificate_days_left
+            .get_or_create(&[("source", "acme")])
+            .set(days);
+    }
+
+    /// An attempt to obtain a certificate ended: `issued` or `failed`.
+    pub fn acme_order(&self, result: &'static str) {
+        self.acme_orders.get_or_create(&[("result", result)]).inc();
     }
 
     /// The exposition text.

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::acme::ACME_TLS_ALPN;
 use crate::address::Address;
 use crate::app::{App, StartError};
 use crate::auth::TokenError;
@@ -121,6 +122,9 @@ impl Server {
             "listening on {scheme}://{}/wsp",
             self.local_addr()
         );
+        if let Some(acme) = self.app.take_acme() {
+            tasks.spawn(acme.run(self.app.shutdown.clone()));
+        }
         accept_loop(self.app, self.listener).await;
         tasks.close();
         if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
@@ -222,6 +226,11 @@ async fn connection(app: Arc<App>, tcp: TcpStream, tls: Option<TlsAcceptor>, ctx
                 tokio::time::timeout(app.config.limits.handshake_timeout, acceptor.accept(tcp))
                     .await;
             match hs {
+                Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) => {
+                    // A CA's TLS-ALPN-01 validation: the handshake was the
+                    // answer, there is nothing to serve (RFC 8737 §3).
+                    debug!(%remote, "ACME validation handshake answered");
+                }
                 Ok(Ok(stream)) => {
                     // Links sign this session's TLS 1.3 exporter; compute it
                     // now, while the TLS state is at hand.
