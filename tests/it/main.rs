@@ -10,6 +10,7 @@
 
 mod common;
 
+mod acme;
 mod attacks_federation;
 mod attacks_http;
 mod attacks_login;

@@ -862,3 +862,15 @@ pub fn user_token(user: &str) -> String {
         .mint(&user, Duration::from_secs(3600))
         .0
 }
+
+pub mod pebble;
+
+/// A port of 127.0.0.1 free a moment ago (for a child process's config:
+/// the port is released before the child binds it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
