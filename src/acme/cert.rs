@@ -141,12 +141,23 @@ impl Loaded {
     }
 }
 
+/// What is known of the first certificate of a PEM file (a chain's leaf).
+pub fn file_info(path: &Path) -> Result<CertInfo, CertError> {
+    let leaf = CertificateDer::pem_file_iter(path)
+        .map_err(|e| CertError::Pem(format!("{}: {e}", path.display())))?
+        .next()
+        .ok_or_else(|| CertError::Pem(format!("{}: no certificate in it", path.display())))?
+        .map_err(|e| CertError::Pem(format!("{}: {e}", path.display())))?;
+    CertInfo::parse(&leaf)
+}
+
 /// The TLS-ALPN-01 certificate for `name` (RFC 8737 §3): self-signed, the
 /// name as its only SAN, the SHA-256 of the key authorization in the
 /// critical acmeIdentifier extension.
 pub fn challenge_cert(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, CertError> {
     let mut params = rcgen::CertificateParams::new(vec![name.to_string()])?;
     params.distinguished_name = rcgen::DistinguishedName::new();
+    // The digest is a SHA-256 (32 bytes), as new_acme_identifier requires.
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let key_pair = rcgen::KeyPair::generate()?;
     let cert = params.self_signed(&key_pair)?;

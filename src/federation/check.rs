@@ -30,8 +30,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::acme;
 use crate::address::normalize_domain;
-use crate::config::{Config, Federation};
+use crate::config::{Config, Federation, Tls};
 use crate::federation::dial::{UpgradeError, certificate_error, get_keys, tcp_connect};
 use crate::federation::discovery::DiscoveryError;
 use crate::federation::keys::LinkKey;
@@ -76,7 +77,7 @@ impl Status {
 #[derive(Debug, Clone)]
 pub struct Step {
     pub status: Status,
-    /// `policy`, `dns`, `connect`, `tls`, `keys` or `link`.
+    /// `cert`, `policy`, `dns`, `connect`, `tls`, `keys` or `link`.
     pub name: &'static str,
     pub detail: String,
 }
@@ -229,6 +230,7 @@ pub async fn check(config: &Config, domain: &str) -> Result<Report, CheckError> 
         steps: Vec::new(),
         problem: None,
     };
+    own_certificate(config, &mut report);
     probe.policy(&mut report);
     let Some(addrs) = probe.discovery(&mut report).await else {
         return Ok(report);
@@ -246,6 +248,85 @@ pub async fn check(config: &Config, domain: &str) -> Result<Report, CheckError> 
         None => probe.link(&mut report, addr).await,
     }
     Ok(report)
+}
+
+/// The first step, this server's own certificate: where it comes from
+/// (files or ACME), the names it is valid for, when it expires. The other
+/// domain checks it when a link from here opens and when it fetches this
+/// server's keys. Read from the files or the ACME cache; the CA is not
+/// asked.
+fn own_certificate(config: &Config, report: &mut Report) {
+    let domain = &config.domain;
+    let (source, info) = match &config.tls {
+        None => {
+            report.fail(
+                "cert",
+                "no [tls] section: this server has no certificate",
+                "federation needs a certificate for this domain ([tls])",
+            );
+            return;
+        }
+        Some(Tls::Files { cert, .. }) => (
+            format!("files ({})", cert.display()),
+            acme::cert::file_info(cert).map(Some),
+        ),
+        Some(Tls::Acme(settings)) => {
+            let cache = acme::Cache::new(&settings.cache, &settings.directory);
+            (
+                format!(
+                    "ACME from {} (cache {})",
+                    settings.directory,
+                    cache.dir().display()
+                ),
+                cache.load_cert(domain).map(|c| c.map(|c| c.info)),
+            )
+        }
+    };
+    let info = match info {
+        Ok(Some(info)) => info,
+        Ok(None) => {
+            report.fail(
+                "cert",
+                format!("{source}: none obtained yet (the server obtains it when it runs)"),
+                format!("{domain} has no certificate yet: start the server and see its log"),
+            );
+            return;
+        }
+        Err(e) => {
+            report.fail(
+                "cert",
+                format!("{source}: {e}"),
+                format!("this server's certificate cannot be read: {e}"),
+            );
+            return;
+        }
+    };
+    let now = std::time::SystemTime::now();
+    let names = info.names.join(", ");
+    let expires = acme::utc(info.not_after);
+    if info.not_after <= now {
+        report.fail(
+            "cert",
+            format!("{source}: valid for {names}; EXPIRED {expires}"),
+            format!("{domain}'s own certificate has expired: other servers refuse it"),
+        );
+    } else if !info.names.iter().any(|n| n == domain) {
+        report.fail(
+            "cert",
+            format!("{source}: valid for {names}, not for {domain}; expires {expires}"),
+            format!(
+                "{domain}'s own certificate is not valid for {domain}: other servers refuse it"
+            ),
+        );
+    } else {
+        report.ok(
+            "cert",
+            format!(
+                "{source}: valid for {names}; expires {expires} (in {:.0} days)",
+                info.days_left(now).floor()
+            ),
+        );
+    }
 }
 
 /// What every step needs: the server's own links, built from the config,

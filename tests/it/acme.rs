@@ -478,6 +478,20 @@ async fn two_acme_domains_federate() {
     alice.expect_bye(101).await;
     assert_eq!(metric(&a, "wspd_link_attempts_total{result=\"ok\"}"), 1.0);
     assert_eq!(metric(&b, "wspd_links{direction=\"in\"}"), 1.0);
+
+    // `wspd check` tells where a.test's certificate comes from.
+    let report = wspd::federation::check::check(&a.running.app.config, "b.test")
+        .await
+        .unwrap();
+    assert!(report.passed(), "{report}");
+    let cert = &report.steps[0];
+    assert_eq!(cert.name, "cert");
+    assert!(
+        cert.detail
+            .starts_with(&format!("ACME from {}", ca.pebble.directory()))
+            && cert.detail.contains("valid for a.test; expires "),
+        "{report}"
+    );
     a.stop().await;
     b.stop().await;
 }

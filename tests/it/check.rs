@@ -73,7 +73,7 @@ async fn a_healthy_peer_passes_every_step() {
         .collect();
     assert_eq!(
         names,
-        ["policy", "dns", "connect", "tls", "keys", "link"],
+        ["cert", "policy", "dns", "connect", "tls", "keys", "link"],
         "{stdout}"
     );
     for l in &steps {
@@ -88,6 +88,13 @@ async fn a_healthy_peer_passes_every_step() {
         "{stdout}"
     );
     assert!(step(&stdout, "tls").contains("TLS 1.3"), "{stdout}");
+    let cert = step(&stdout, "cert");
+    assert!(
+        cert.contains("files (")
+            && cert.contains("a.test.pem")
+            && cert.contains("valid for a.test; expires "),
+        "{stdout}"
+    );
     let b_key = LinkKey::load_or_create(&net.key_path("b.test")).unwrap();
     assert!(step(&stdout, "keys").contains(b_key.id()), "{stdout}");
     let a_key = LinkKey::load_or_create(&net.key_path("a.test")).unwrap();
