@@ -541,7 +541,7 @@ fn acme(a: RawAcme, domain: &str, base: &Path) -> Result<Acme, ConfigError> {
             format!("a certificate carries at most {MAX_ACME_NAMES} names, the domain included"),
         ));
     }
-    let backoff_min = a.backoff_min.map_or(Duration::from_secs(10), |d| d.0);
+    let backoff_min = a.backoff_min.map_or(Duration::from_secs(60), |d| d.0);
     let backoff_max = a.backoff_max.map_or(Duration::from_secs(3600), |d| d.0);
     more_than_zero(&[("acme.backoff_min", backoff_min)])?;
     if backoff_max < backoff_min {
@@ -995,7 +995,8 @@ secret = "0123456789abcdef0123456789abcdef"
         assert_eq!(a.cache, Path::new("/etc/wspd/wspd-acme"));
         assert_eq!(a.names, ["example.com", "www.example.com"]);
         assert_eq!(a.ca, None);
-        assert_eq!(a.backoff_min, Duration::from_secs(10));
+        assert_eq!(a.backoff_min, Duration::from_secs(60));
+        assert_eq!(a.backoff_max, Duration::from_secs(3600));
         let e = err(&format!(
             "{MIN}[tls]\nacme = true\ncert = \"c.pem\"\nkey = \"k.pem\"\n"
         ));

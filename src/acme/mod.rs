@@ -229,7 +229,7 @@ impl Acme {
                         domain = %self.domain,
                         attempt = failures,
                         retry_in = ?retry,
-                        error = %Escaped(&e),
+                        error = %Escaped(bounded(&e)),
                         "ACME: could not obtain a certificate; {serving}"
                     );
                     // A broken account (deactivated, another CA) is
@@ -255,7 +255,7 @@ impl Acme {
         let acct = match self.account(account).await {
             Ok(a) => a,
             Err(e) => {
-                debug!(error = %Escaped(&e), "ACME: renewal information not asked: no account");
+                debug!(error = %Escaped(bounded(&e)), "ACME: renewal information not asked: no account");
                 return None;
             }
         };
@@ -270,7 +270,7 @@ impl Acme {
             }
             Err(instant_acme::Error::Unsupported(_)) => None,
             Err(e) => {
-                debug!(error = %Escaped(&e), "ACME: renewal information unavailable");
+                debug!(error = %Escaped(bounded(&e)), "ACME: renewal information unavailable");
                 None
             }
         }
@@ -363,6 +363,20 @@ impl Acme {
     }
 }
 
+/// The longest error text logged: a CA's problem document is the CA's
+/// to write.
+const MAX_ERROR_CHARS: usize = 512;
+
+/// `e` as text, cut at [`MAX_ERROR_CHARS`].
+fn bounded(e: &impl std::fmt::Display) -> String {
+    let mut text = e.to_string();
+    if let Some((cut, _)) = text.char_indices().nth(MAX_ERROR_CHARS) {
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    text
+}
+
 /// Waits `d` unless the server shuts down first (then false).
 async fn sleep(d: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
@@ -398,6 +412,14 @@ mod tests {
         assert_eq!(backoff(4, min, max), Duration::from_secs(80));
         assert_eq!(backoff(20, min, max), max);
         assert_eq!(backoff(u32::MAX, min, max), max);
+    }
+
+    #[test]
+    fn long_errors_are_cut() {
+        let long = "é".repeat(600);
+        let cut = bounded(&long);
+        assert_eq!(cut.chars().count(), MAX_ERROR_CHARS + 3);
+        assert_eq!(bounded(&"short"), "short");
     }
 
     #[test]

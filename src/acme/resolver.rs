@@ -37,14 +37,6 @@ impl CertResolver {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(cert);
     }
 
-    /// Whether a certificate is being served.
-    pub fn has_current(&self) -> bool {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
-    }
-
     /// Answers validation handshakes for `name` with `cert` until
     /// [`CertResolver::clear_challenges`]. Past [`MAX_CHALLENGES`] names
     /// it takes no more and returns false.
@@ -92,9 +84,17 @@ impl ResolvesServerCert for CertResolver {
             // asks for, or nothing: never the real certificate.
             return hello.server_name().and_then(|n| self.challenge(n));
         }
-        self.current
+        let current = self
+            .current
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        if current.is_none() {
+            tracing::debug!(
+                sni = ?hello.server_name().map(crate::logging::Escaped),
+                "TLS handshake refused: no ACME certificate yet"
+            );
+        }
+        current
     }
 }
