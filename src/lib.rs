@@ -11,6 +11,8 @@
 //! - [`federation`]: links to other domains (their handler, opening,
 //!   authentication, discovery, keys, `wspd check`);
 //! - [`socket`]: the WebSocket pump shared by client sockets and links;
+//! - [`acme`]: the server's own certificate from an ACME CA (obtained,
+//!   served by a swappable resolver, renewed; TLS-ALPN-01 answers);
 //! - [`router`]: who is where; drives the call machines; reaches other
 //!   domains through [`router::Remote`];
 //! - [`peer`]: what every kind of peer shares (handle, outbox);

@@ -276,6 +276,18 @@ async fn fresh_server_obtains_and_serves_a_certificate() {
     assert_eq!(mode(&dir.join("a.test-key.pem")), 0o600);
     assert_eq!(mode(&dir.join("account.json")), 0o600);
 
+    // Asking for the validation protocol outside an order gets nothing:
+    // no challenge certificate, and never the real one.
+    let mut cfg = (*client_config(&root)).clone();
+    cfg.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let refused = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(refused.to_string().contains("alert"), "{refused}");
+
     // And it is a working wss:// server.
     let alice = connect(&a, "alice@a.test", &root).await;
     alice.close().await;
