@@ -224,6 +224,19 @@ async fn wait_metric_at_least(server: &TestServer, name: &str, value: f64, withi
     }
 }
 
+/// Stops `server` and checks that nothing of it is left running: the
+/// renewal task ended with the shutdown, whatever it was waiting for.
+async fn stop_cleanly(server: TestServer) {
+    let app = server.running.app.clone();
+    let started = Instant::now();
+    server.stop().await;
+    assert!(app.tasks.is_empty(), "{} tasks left", app.tasks.len());
+    assert!(
+        started.elapsed() < app.config.limits.shutdown_grace,
+        "the shutdown waited for the grace period"
+    );
+}
+
 fn names_of(leaf: &CertificateDer<'_>) -> Vec<String> {
     wspd::acme::CertInfo::parse(leaf).unwrap().names
 }
@@ -422,7 +435,7 @@ async fn a_refusing_ca_is_retried_and_reported() {
     let e = served(addr, "a.test", &root).await.unwrap_err();
     assert!(e.to_string().contains("alert"), "{e}");
     assert_eq!(metric(&a, "wspd_acme_orders_total{result=\"issued\"}"), 0.0);
-    a.stop().await;
+    stop_cleanly(a).await;
 }
 
 /// The CA goes down before a renewal: the attempts fail, are counted and
@@ -449,7 +462,7 @@ async fn a_ca_down_at_renewal_keeps_the_current_certificate() {
     ]);
     assert!(lines.len() >= 2, "{}", logs.text());
     assert_eq!(metric(&a, "wspd_acme_orders_total{result=\"issued\"}"), 1.0);
-    a.stop().await;
+    stop_cleanly(a).await;
 }
 
 /// Two domains, each with a certificate from the ACME CA and trusting its
