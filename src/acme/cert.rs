@@ -253,10 +253,15 @@ impl Cache {
     /// renamed over it: a reader never sees half of it.
     pub fn write(&self, path: &Path, data: &[u8]) -> Result<(), CertError> {
         let tmp = path.with_extension("tmp");
+        // A temporary file left behind keeps its mode if reused: start anew.
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&tmp)(e)),
+        }
         let mut f = fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)
             .map_err(io(&tmp))?;

@@ -104,6 +104,7 @@ impl Acme {
     /// cached certificate at once when it is still valid. Nothing is asked
     /// of the CA before [`Acme::run`].
     pub fn new(config: &config::Acme, metrics: Arc<Metrics>) -> Result<Acme, AcmeError> {
+        // The config always lists the domain first.
         let domain = config.names[0].clone();
         let cache = Cache::new(&config.cache, &config.directory);
         cache.create()?;
@@ -168,6 +169,8 @@ impl Acme {
         // When to renew, from the CA's renewal information: (asked at, pick).
         let mut ari: Option<(SystemTime, Option<SystemTime>)> = None;
         let mut failures: u32 = 0;
+        // After a failure, no attempt before this.
+        let mut retry_at: Option<SystemTime> = None;
         loop {
             let now = SystemTime::now();
             let due = match &current {
@@ -186,6 +189,7 @@ impl Acme {
                     }
                 }
             };
+            let due = retry_at.map_or(due, |r| due.max(r));
             if let Ok(wait) = due.duration_since(now)
                 && !wait.is_zero()
             {
@@ -203,6 +207,7 @@ impl Acme {
             match result {
                 Ok(new) => {
                     failures = 0;
+                    retry_at = None;
                     self.metrics.acme_order("issued");
                     self.resolver.set_current(new.key.clone());
                     info!(
@@ -235,9 +240,7 @@ impl Acme {
                     // A broken account (deactivated, another CA) is
                     // looked up again next time.
                     account = None;
-                    if !sleep(retry, &shutdown).await {
-                        return;
-                    }
+                    retry_at = Some(SystemTime::now() + retry);
                 }
             }
         }
