@@ -178,14 +178,19 @@ impl Acme {
                 Some(c) => {
                     self.metrics
                         .set_certificate_days_left(c.info.days_left(now));
-                    if !c.info.covers(&self.config.names) {
-                        now
-                    } else {
+                    if c.info.covers(&self.config.names) {
                         if ari.is_none_or(|(at, _)| now >= at + ARI_EVERY) {
-                            ari = Some((now, self.renewal_info(&mut account, c).await));
+                            let asked = self.renewal_info(&mut account, c);
+                            let Some(pick) = until_shutdown(asked, &shutdown).await else {
+                                return;
+                            };
+                            ari = Some((now, pick));
                         }
                         ari.and_then(|(_, pick)| pick)
                             .unwrap_or_else(|| c.info.two_thirds())
+                    } else {
+                        // The configured names changed: at once.
+                        now
                     }
                 }
             };
@@ -193,62 +198,77 @@ impl Acme {
             if let Ok(wait) = due.duration_since(now)
                 && !wait.is_zero()
             {
-                if !sleep(wait.min(WAKE), &shutdown).await {
+                if until_shutdown(tokio::time::sleep(wait.min(WAKE)), &shutdown)
+                    .await
+                    .is_none()
+                {
                     return;
                 }
                 continue;
             }
             let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, self.obtain(&mut account));
-            let result = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = attempt => r.unwrap_or(Err(AcmeError::Timeout)),
+            let Some(result) = until_shutdown(attempt, &shutdown).await else {
+                return;
             };
             self.resolver.clear_challenges();
-            match result {
+            match result.unwrap_or(Err(AcmeError::Timeout)) {
                 Ok(new) => {
                     failures = 0;
                     retry_at = None;
-                    self.metrics.acme_order("issued");
-                    self.resolver.set_current(new.key.clone());
-                    info!(
-                        domain = %self.domain,
-                        names = ?new.info.names,
-                        expires = %utc(new.info.not_after),
-                        "ACME: new certificate obtained and served to new connections"
-                    );
-                    current = Some(new);
                     ari = None;
+                    self.served(&new);
+                    current = Some(new);
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
-                    self.metrics.acme_order("failed");
                     let retry = backoff(failures, self.config.backoff_min, self.config.backoff_max);
-                    let serving = match &current {
-                        Some(c) => format!(
-                            "still serving the current certificate (expires {})",
-                            utc(c.info.not_after)
-                        ),
-                        None => "no certificate yet: TLS handshakes are refused".to_string(),
-                    };
-                    warn!(
-                        domain = %self.domain,
-                        attempt = failures,
-                        retry_in = ?retry,
-                        error = %Escaped(bounded(&e)),
-                        "ACME: could not obtain a certificate; {serving}"
-                    );
+                    self.failed(&e, failures, retry, current.as_ref());
+                    retry_at = Some(SystemTime::now() + retry);
                     // A broken account (deactivated, another CA) is
                     // looked up again next time.
                     account = None;
-                    retry_at = Some(SystemTime::now() + retry);
                 }
             }
         }
     }
 
-    /// When the CA suggests renewing `cert` (a uniformly random point of
-    /// its window, now if the window has begun), or `None` when it offers
-    /// no renewal information or cannot be asked.
+    /// A new certificate: served to new handshakes, counted, logged.
+    fn served(&self, new: &Loaded) {
+        self.resolver.set_current(new.key.clone());
+        self.metrics.acme_order("issued");
+        self.metrics
+            .set_certificate_days_left(new.info.days_left(SystemTime::now()));
+        info!(
+            domain = %self.domain,
+            names = ?new.info.names,
+            expires = %utc(new.info.not_after),
+            "ACME: new certificate obtained and served to new connections"
+        );
+    }
+
+    /// A failed attempt: counted, and logged with what is served meanwhile
+    /// and when the next attempt comes.
+    fn failed(&self, e: &AcmeError, failures: u32, retry: Duration, current: Option<&Loaded>) {
+        self.metrics.acme_order("failed");
+        let serving = match current {
+            Some(c) => format!(
+                "still serving the current certificate (expires {})",
+                utc(c.info.not_after)
+            ),
+            None => "no certificate yet: TLS handshakes are refused".to_string(),
+        };
+        warn!(
+            domain = %self.domain,
+            attempt = failures,
+            retry_in = ?retry,
+            error = %Escaped(bounded(e)),
+            "ACME: could not obtain a certificate; {serving}"
+        );
+    }
+
+    /// When the CA suggests renewing `cert` (now if its window has begun,
+    /// else a uniformly random point of the window), or `None` when it
+    /// offers no renewal information or cannot be asked in time.
     async fn renewal_info(
         &self,
         account: &mut Option<Account>,
@@ -262,12 +282,17 @@ impl Acme {
                 return None;
             }
         };
-        match acct.renewal_info(&id).await {
+        let asked = tokio::time::timeout(client::REQUEST_TIMEOUT, acct.renewal_info(&id)).await;
+        match asked.unwrap_or(Err(instant_acme::Error::Str("no answer in time"))) {
             Ok((info, _)) => {
                 let start = SystemTime::from(info.suggested_window.start);
                 let end = SystemTime::from(info.suggested_window.end);
                 let span = end.duration_since(start).unwrap_or_default();
-                let pick = start + span.mul_f64(rand::random::<f64>());
+                let pick = if start <= SystemTime::now() {
+                    SystemTime::now()
+                } else {
+                    start + span.mul_f64(rand::random::<f64>())
+                };
                 info!(domain = %self.domain, renew_at = %utc(pick), "ACME: renewal time from the CA's renewal information");
                 Some(pick)
             }
@@ -380,11 +405,14 @@ fn bounded(e: &impl std::fmt::Display) -> String {
     text
 }
 
-/// Waits `d` unless the server shuts down first (then false).
-async fn sleep(d: Duration, shutdown: &CancellationToken) -> bool {
+/// What `f` gives, unless the server shuts down first (then `None`).
+async fn until_shutdown<F: std::future::Future>(
+    f: F,
+    shutdown: &CancellationToken,
+) -> Option<F::Output> {
     tokio::select! {
-        _ = shutdown.cancelled() => false,
-        _ = tokio::time::sleep(d) => true,
+        _ = shutdown.cancelled() => None,
+        r = f => Some(r),
     }
 }
 
