@@ -997,6 +997,16 @@ secret = "0123456789abcdef0123456789abcdef"
         assert_eq!(a.ca, None);
         assert_eq!(a.backoff_min, Duration::from_secs(60));
         assert_eq!(a.backoff_max, Duration::from_secs(3600));
+        let c = Config::parse(
+            &format!("{MIN}{acme}directory = \"{LETS_ENCRYPT_STAGING}\"\nca = \"ca.pem\"\n"),
+            Path::new("/etc/wspd"),
+        )
+        .unwrap();
+        let Some(Tls::Acme(a)) = c.tls else {
+            panic!("ACME expected")
+        };
+        assert_eq!(a.directory, LETS_ENCRYPT_STAGING);
+        assert_eq!(a.ca.unwrap(), Path::new("/etc/wspd/ca.pem"));
         let e = err(&format!(
             "{MIN}[tls]\nacme = true\ncert = \"c.pem\"\nkey = \"k.pem\"\n"
         ));

@@ -285,14 +285,12 @@ impl Acme {
         let asked = tokio::time::timeout(client::REQUEST_TIMEOUT, acct.renewal_info(&id)).await;
         match asked.unwrap_or(Err(instant_acme::Error::Str("no answer in time"))) {
             Ok((info, _)) => {
-                let start = SystemTime::from(info.suggested_window.start);
-                let end = SystemTime::from(info.suggested_window.end);
-                let span = end.duration_since(start).unwrap_or_default();
-                let pick = if start <= SystemTime::now() {
-                    SystemTime::now()
-                } else {
-                    start + span.mul_f64(rand::random::<f64>())
-                };
+                let pick = window_pick(
+                    SystemTime::from(info.suggested_window.start),
+                    SystemTime::from(info.suggested_window.end),
+                    SystemTime::now(),
+                    rand::random::<f64>(),
+                );
                 info!(domain = %self.domain, renew_at = %utc(pick), "ACME: renewal time from the CA's renewal information");
                 Some(pick)
             }
@@ -416,6 +414,17 @@ async fn until_shutdown<F: std::future::Future>(
     }
 }
 
+/// When to renew in a suggested window (RFC 9773 §4.2): `now` when it
+/// has begun, else the point `fraction` (0 to 1, random) of the way
+/// through it.
+fn window_pick(start: SystemTime, end: SystemTime, now: SystemTime, fraction: f64) -> SystemTime {
+    if start <= now {
+        return now;
+    }
+    let span = end.duration_since(start).unwrap_or_default();
+    start + span.mul_f64(fraction.clamp(0.0, 1.0))
+}
+
 /// The wait after `failures` failed attempts in a row: `min`, doubling,
 /// at most `max`.
 pub fn backoff(failures: u32, min: Duration, max: Duration) -> Duration {
@@ -443,6 +452,19 @@ mod tests {
         assert_eq!(backoff(4, min, max), Duration::from_secs(80));
         assert_eq!(backoff(20, min, max), max);
         assert_eq!(backoff(u32::MAX, min, max), max);
+    }
+
+    #[test]
+    fn renewal_window() {
+        let t = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        assert_eq!(window_pick(t(100), t(200), t(50), 0.5), t(150));
+        assert_eq!(window_pick(t(100), t(200), t(50), 0.0), t(100));
+        assert_eq!(window_pick(t(100), t(200), t(50), 7.0), t(200));
+        // Begun, or over: now.
+        assert_eq!(window_pick(t(100), t(200), t(150), 0.9), t(150));
+        assert_eq!(window_pick(t(100), t(200), t(300), 0.1), t(300));
+        // A window that ends before it starts: its start.
+        assert_eq!(window_pick(t(100), t(90), t(50), 0.5), t(100));
     }
 
     #[test]
