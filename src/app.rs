@@ -20,6 +20,7 @@ use tracing::info;
 
 use crate::acme::{Acme, AcmeError};
 use crate::auth::{Tokens, UsersError, UsersFile};
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::{Config, Tls};
 use crate::devcerts;
 use crate::federation::links::{Links, LinksError};
@@ -65,6 +66,9 @@ pub struct App {
     /// With `[tls] acme = true`: the certificate's lifecycle, taken by the
     /// server's run (see [`App::take_acme`]).
     acme: std::sync::Mutex<Option<Acme>>,
+    /// With `[cluster]`: this node's part in its domain's cluster, started
+    /// by the server's run.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl App {
@@ -96,6 +100,17 @@ impl App {
             None => None,
         };
         let remote = links.clone().map(|l| l as Arc<dyn Remote>);
+        let cluster = match &config.cluster {
+            Some(c) => Some(Cluster::new(
+                c,
+                &config.domain,
+                &config.limits,
+                metrics.clone(),
+                shutdown.clone(),
+                tasks.clone(),
+            )?),
+            None => None,
+        };
         let router = Arc::new(Router::new(
             config.domain.clone(),
             config.limits.clone(),
@@ -104,6 +119,9 @@ impl App {
             remote,
             tasks.clone(),
         ));
+        if let Some(c) = &cluster {
+            router.set_nodes(c.clone());
+        }
         let app = App {
             tokens: Tokens::new(&config.domain, &config.auth.secret),
             config,
@@ -120,6 +138,7 @@ impl App {
             tasks,
             tls: std::sync::RwLock::new(tls),
             acme: std::sync::Mutex::new(acme),
+            cluster,
         };
         Ok(app)
     }
@@ -217,6 +236,8 @@ pub enum StartError {
     Links(#[from] LinksError),
     #[error(transparent)]
     DevCert(#[from] devcerts::DevCertError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     #[error("[acme]: {0}")]
     Acme(#[from] AcmeError),
 }

@@ -54,6 +54,30 @@ pub struct Config {
     /// Present when `[turn]` is configured.
     pub turn: Option<Turn>,
     pub metrics: MetricsAccess,
+    /// Present when `[cluster]` is configured: this server is one node of
+    /// its domain.
+    pub cluster: Option<Cluster>,
+}
+
+/// `[cluster]`: the domain served by several nodes sharing Redis.
+#[derive(Clone)]
+pub struct Cluster {
+    /// `redis://` or `rediss://` URL. May hold a password: never logged.
+    pub redis: String,
+    /// This node's name, unique in the cluster.
+    pub node: String,
+    /// A node that has not renewed its liveness for this long is dead.
+    pub node_timeout: Duration,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("redis", &"<hidden>")
+            .field("node", &self.node)
+            .field("node_timeout", &self.node_timeout)
+            .finish()
+    }
 }
 
 /// `[metrics]`: who may read `GET /metrics`.
@@ -242,6 +266,15 @@ struct RawConfig {
     turn: Option<RawTurn>,
     #[serde(default)]
     metrics: RawMetrics,
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    redis: String,
+    node: Option<String>,
+    node_timeout: Option<ConfDuration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -425,6 +458,7 @@ impl Config {
         };
         let turn = raw.turn.map(turn).transpose()?;
         let metrics = metrics(raw.metrics)?;
+        let cluster = raw.cluster.map(cluster).transpose()?;
         Ok(Config {
             domain,
             listen,
@@ -434,8 +468,62 @@ impl Config {
             federation,
             turn,
             metrics,
+            cluster,
         })
     }
+}
+
+/// `[cluster]`, with its defaults, then checked.
+fn cluster(c: RawCluster) -> Result<Cluster, ConfigError> {
+    if !(c.redis.starts_with("redis://") || c.redis.starts_with("rediss://")) {
+        // Not the URL itself: it may hold a password.
+        return Err(invalid(
+            "cluster.redis",
+            "must be a redis:// or rediss:// URL",
+        ));
+    }
+    let node = match c.node {
+        Some(n) => n,
+        None => default_node_name(),
+    };
+    let valid = !node.is_empty()
+        && node.len() <= 64
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !valid {
+        return Err(invalid(
+            "cluster.node",
+            "must be 1-64 characters of A-Z a-z 0-9 - _ .",
+        ));
+    }
+    let node_timeout = c.node_timeout.map_or(Duration::from_secs(3), |d| d.0);
+    if node_timeout < Duration::from_millis(300) || node_timeout > Duration::from_secs(60) {
+        return Err(invalid("cluster.node_timeout", "must be 300ms to 60s"));
+    }
+    Ok(Cluster {
+        redis: c.redis,
+        node,
+        node_timeout,
+    })
+}
+
+/// The host's name (its characters a node name allows) and a random
+/// suffix: a node that restarts is a new node to the others.
+fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(48)
+        .collect();
+    let host = if host.is_empty() {
+        "wspd".to_string()
+    } else {
+        host
+    };
+    format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
 fn listen(raw: &str) -> Result<SocketAddr, ConfigError> {

@@ -10,6 +10,8 @@
 //! - [`session`]: the client socket's handler;
 //! - [`federation`]: links to other domains (their handler, opening,
 //!   authentication, discovery, keys, `wspd check`);
+//! - [`cluster`]: one domain on several nodes: presence, liveness and
+//!   the node-to-node path through Redis; another node is one more peer;
 //! - [`socket`]: the WebSocket pump shared by client sockets and links;
 //! - [`acme`]: the server's own certificate from an ACME CA (obtained,
 //!   served by a swappable resolver, renewed; TLS-ALPN-01 answers);
@@ -27,6 +29,7 @@ pub mod address;
 pub mod app;
 pub mod auth;
 pub mod call;
+pub mod cluster;
 pub mod config;
 pub mod devcerts;
 pub mod federation;

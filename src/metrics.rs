@@ -23,6 +23,16 @@ pub const OTHER_DOMAIN: &str = "other";
 pub struct Metrics {
     registry: Registry,
     pub sessions: Gauge,
+    /// Cluster: the live nodes this node sees, itself included.
+    pub cluster_nodes: Gauge,
+    /// Cluster: messages to and from other nodes, by direction.
+    cluster_frames: Family<Labels, Counter>,
+    /// Cluster: gaps in a node pair's message numbers.
+    pub cluster_gaps: Counter,
+    /// Cluster: connections to Redis made again after a loss.
+    pub cluster_redis_reconnects: Counter,
+    /// Cluster: Redis commands that failed.
+    pub cluster_redis_errors: Counter,
     pub calls_active: Gauge,
     calls: Vec<Counter>,
     frames: Vec<Counter>,
@@ -147,6 +157,31 @@ impl Metrics {
                 "acme_orders",
                 "Attempts to obtain a certificate from the ACME CA, by result",
             ),
+            cluster_nodes: metric(
+                &mut r,
+                "cluster_nodes",
+                "Live nodes of this domain's cluster, this one included",
+            ),
+            cluster_frames: metric(
+                &mut r,
+                "cluster_frames",
+                "Messages between this node and the others, by direction",
+            ),
+            cluster_gaps: metric(
+                &mut r,
+                "cluster_gaps",
+                "Gaps found in the numbering of another node's messages",
+            ),
+            cluster_redis_reconnects: metric(
+                &mut r,
+                "cluster_redis_reconnects",
+                "Connections to Redis made again after one was lost",
+            ),
+            cluster_redis_errors: metric(
+                &mut r,
+                "cluster_redis_errors",
+                "Redis commands of the cluster that failed",
+            ),
             registry: r,
         }
     }
@@ -223,6 +258,13 @@ impl Metrics {
     }
 
     /// An attempt to obtain a certificate ended: `issued` or `failed`.
+    /// Cross-node messages: `sent` or `received`.
+    pub fn cluster_frames(&self, direction: &'static str, n: u64) {
+        self.cluster_frames
+            .get_or_create(&[("direction", direction)])
+            .inc_by(n);
+    }
+
     pub fn acme_order(&self, result: &'static str) {
         self.acme_orders.get_or_create(&[("result", result)]).inc();
     }

@@ -110,6 +110,11 @@ impl Peer {
         }
     }
 
+    /// Ends the peer: its owner stops, and its calls are told.
+    pub fn kill(&self) {
+        self.shared.kill.cancel();
+    }
+
     /// Kills a peer that does not read fast enough (once).
     fn too_slow(&self, metrics: &Metrics, why: &'static str) {
         if !self.shared.kill.is_cancelled() {

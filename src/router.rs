@@ -46,6 +46,24 @@ pub trait Remote: Send + Sync {
     fn known(&self, domain: &str) -> bool;
 }
 
+/// How the router reaches the other nodes of its own domain, when the
+/// domain is served by a cluster.
+pub trait Nodes: Send + Sync {
+    /// The peers that carry a call to the devices of local `user` held by
+    /// other nodes: one per live node holding a socket of the user. An
+    /// error when that cannot be known now (the nodes cannot reach each
+    /// other): the bye for an invite that found no device here.
+    fn peers_for(
+        &self,
+        router: &Arc<Router>,
+        user: &Address,
+    ) -> Result<SmallVec<[Peer; 2]>, ServerBye>;
+
+    /// `user` has its first socket on this node (`true`), or its last one
+    /// left (`false`).
+    fn present(&self, user: &Address, here: bool);
+}
+
 /// Where an invite came in, as the edge that read it knows it. The router
 /// decides from this whether to take the invite.
 #[derive(Clone, Copy)]
@@ -64,6 +82,9 @@ pub enum Via<'a> {
         calls: usize,
         max_calls: usize,
     },
+    /// Another node of this domain, forking a call to the devices of a
+    /// local user held here.
+    Node,
 }
 
 /// Why an invite was refused: the bye the inviter hears, and how it is
@@ -137,6 +158,8 @@ pub struct Router {
     ringing: DashMap<Address, usize>,
     /// The ring timers, tracked with every other task of the server.
     timers: TaskTracker,
+    /// The other nodes of this domain, in a cluster.
+    nodes: std::sync::OnceLock<Arc<dyn Nodes>>,
 }
 
 impl Router {
@@ -159,6 +182,7 @@ impl Router {
             remote,
             ringing: DashMap::new(),
             timers,
+            nodes: std::sync::OnceLock::new(),
         }
     }
 
@@ -188,7 +212,15 @@ impl Router {
 
     /// Makes a socket reachable for its user.
     pub fn register(&self, user: &Address, peer: Peer) {
-        self.sessions.entry(user.clone()).or_default().push(peer);
+        match self.sessions.entry(user.clone()) {
+            Entry::Occupied(mut e) => e.get_mut().push(peer),
+            Entry::Vacant(v) => {
+                v.insert(smallvec::smallvec![peer]);
+                if let Some(nodes) = self.nodes.get() {
+                    nodes.present(user, true);
+                }
+            }
+        }
     }
 
     pub fn unregister(&self, user: &Address, id: PeerId) {
@@ -196,8 +228,23 @@ impl Router {
             e.get_mut().retain(|p| p.id != id);
             if e.get().is_empty() {
                 e.remove();
+                if let Some(nodes) = self.nodes.get() {
+                    nodes.present(user, false);
+                }
             }
         }
+    }
+
+    /// The users with a socket here (a cluster node writes them again
+    /// after Redis lost them).
+    pub fn local_users(&self) -> Vec<Address> {
+        self.sessions.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// Connects the router to the other nodes of its cluster, once, before
+    /// the server takes connections.
+    pub fn set_nodes(&self, nodes: Arc<dyn Nodes>) {
+        let _ = self.nodes.set(nodes);
     }
 
     /// Sends a server bye straight to one peer.
@@ -216,9 +263,10 @@ impl Router {
         id: &CallId,
         invite: &Invite<'_>,
     ) -> bool {
-        let started = self
-            .admit(via, invite)
-            .and_then(|(caller, callee)| self.start(from, &caller, &callee, id, invite.raw));
+        let here_only = matches!(via, Via::Node);
+        let started = self.admit(via, invite).and_then(|(caller, callee)| {
+            self.start(from, &caller, &callee, id, invite.raw, here_only)
+        });
         match started {
             Ok(()) => true,
             Err(r) => {
@@ -288,6 +336,20 @@ impl Router {
                 }
                 Ok((caller, callee))
             }
+            // The node that took the invite admitted it; it only asks for
+            // the devices held here.
+            Via::Node => {
+                let (Ok(caller), Ok(callee)) = (
+                    Address::parse(&inv.caller_uri),
+                    Address::parse(&inv.callee_uri),
+                ) else {
+                    return Err(ServerBye::BAD_LINK_ADDRESS.into());
+                };
+                if callee.domain() != self.domain {
+                    return Err(ServerBye::MISROUTED.into());
+                }
+                Ok((caller, callee))
+            }
         }
     }
 
@@ -327,8 +389,9 @@ impl Router {
         callee: &Address,
         id: &CallId,
         invite: &str,
+        here_only: bool,
     ) -> Result<(), Refused> {
-        let devices = self.devices(from, callee)?;
+        let devices = self.devices(from, callee, here_only)?;
         // An invite flood aimed at one user is bounded; the count is taken
         // here and given back when the call stops ringing (apply()).
         let ringing_for = self.hold_ringing(callee)?;
@@ -380,12 +443,15 @@ impl Router {
     }
 
     /// Who is invited: every socket of a local callee but the caller's own,
+    /// with, in a cluster, one peer for each other node holding sockets of
+    /// the callee (unless `here_only`: the invite came from such a node);
     /// or the one peer that reaches the callee's domain (whose server does
     /// the forking).
     fn devices(
         self: &Arc<Self>,
         from: &Peer,
         callee: &Address,
+        here_only: bool,
     ) -> Result<SmallVec<[Peer; 3]>, Refused> {
         if callee.domain() != self.domain {
             let Some(remote) = &self.remote else {
@@ -399,11 +465,20 @@ impl Router {
         {
             return Err(ServerBye::NO_SUCH_USER.into());
         }
-        let devices: SmallVec<[Peer; 3]> = self
+        let mut devices: SmallVec<[Peer; 3]> = self
             .sessions
             .get(callee)
             .map(|s| s.iter().filter(|p| p.id != from.id).cloned().collect())
             .unwrap_or_default();
+        if let Some(nodes) = self.nodes.get().filter(|_| !here_only) {
+            match nodes.peers_for(self, callee) {
+                Ok(elsewhere) => devices.extend(elsewhere),
+                // The nodes cannot reach each other: the devices here are
+                // called; with none here, the caller hears why.
+                Err(bye) if devices.is_empty() => return Err(bye.into()),
+                Err(_) => {}
+            }
+        }
         if devices.is_empty() {
             return Err(ServerBye::OFFLINE.into());
         }

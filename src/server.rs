@@ -122,6 +122,9 @@ impl Server {
             "listening on {scheme}://{}/wsp",
             self.local_addr()
         );
+        if let Some(cluster) = &self.app.cluster {
+            cluster.start(&self.app.router);
+        }
         if let Some(acme) = self.app.take_acme() {
             tasks.spawn(acme.run(self.app.shutdown.clone()));
         }
@@ -316,7 +319,14 @@ async fn route(
         (&Method::POST, "/token") => with_cors(login(app, req, conn.ctx.remote.ip()).await),
         (&Method::OPTIONS, "/token" | "/session") => preflight(),
         (&Method::GET, "/healthz") => {
-            text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into())
+            // A node that cannot reach Redis still serves its own users.
+            let body = match &app.cluster {
+                Some(c) if !c.healthy() => {
+                    "degraded: Redis unreachable, cross-node calls refused\n"
+                }
+                _ => "ok\n",
+            };
+            text(StatusCode::OK, "text/plain; charset=utf-8", body.into())
         }
         (&Method::GET, "/metrics") => metrics(&app, &req),
         (&Method::GET, "/session") => session_info(&app, &req),

@@ -153,6 +153,16 @@ impl ServerBye {
         "An invite on a link must be from the link's origin to the receiving domain",
     );
 
+    // The nodes of a cluster (cluster/).
+    pub const CLUSTER_UNREACHABLE: ServerBye = bye(
+        ByeCode::OVERLOADED,
+        "This domain's servers cannot reach each other",
+    );
+    pub const CLUSTER_GAP: ServerBye = bye(
+        ByeCode::OVERLOADED,
+        "Messages between this domain's servers were lost",
+    );
+
     // Frames that name no call (session.rs, federation/link.rs).
     pub const CALL_REQUIRED: ServerBye = bye(
         ByeCode::BAD_REQUEST,
