@@ -22,16 +22,79 @@ pub enum LogFormat {
 /// Installs the global subscriber. `filter` is a `RUST_LOG`-style
 /// directive (`info`, `wspd=debug`, ...).
 pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
+    init_for_node(format, filter, None)
+}
+
+/// [`init`], with the node's name on every line when the server is one
+/// node of a cluster (`node=NAME` first in text, a `"node"` field in JSON).
+pub fn init_for_node(format: LogFormat, filter: &str, node: Option<&str>) -> Result<(), String> {
     let filter = EnvFilter::try_new(filter).map_err(|e| format!("log filter {filter:?}: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let node = node.map(str::to_string);
+    match (format, node) {
+        (LogFormat::Text, None) => builder.try_init(),
+        (LogFormat::Json, None) => builder.json().try_init(),
+        (LogFormat::Text, Some(node)) => builder
+            .event_format(WithNode {
+                node: format!("node={node} "),
+                json: false,
+                inner: tracing_subscriber::fmt::format::Format::default(),
+            })
+            .try_init(),
+        (LogFormat::Json, Some(node)) => builder
+            .event_format(WithNode {
+                node: format!("\"node\":{},", serde_json::Value::from(node)),
+                json: true,
+                inner: tracing_subscriber::fmt::format::Format::default().json(),
+            })
+            .try_init(),
     }
     .map_err(|e| e.to_string())
+}
+
+/// An event format that puts the node's name on each line: before a text
+/// line, as the first field of a JSON object.
+struct WithNode<F> {
+    /// What is written: `node=NAME ` or `"node":"NAME",`.
+    node: String,
+    json: bool,
+    inner: F,
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithNode<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        if !self.json {
+            writer.write_str(&self.node)?;
+            return self.inner.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        self.inner.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        match line.strip_prefix('{') {
+            Some(rest) => {
+                writer.write_char('{')?;
+                writer.write_str(&self.node)?;
+                writer.write_str(rest)
+            }
+            None => writer.write_str(&line),
+        }
+    }
 }
 
 /// The filter `wspd` runs with: `RUST_LOG` when set, `info` otherwise.

@@ -162,7 +162,9 @@ fn check(config: &Config, path: Option<&Path>, domain: &str) -> anyhow::Result<(
 }
 
 fn run(config: Config, config_path: Option<PathBuf>, log_format: LogFormat) -> anyhow::Result<()> {
-    logging::init(log_format, &logging::default_filter()).map_err(anyhow::Error::msg)?;
+    let node = config.cluster.as_ref().map(|c| c.node.clone());
+    logging::init_for_node(log_format, &logging::default_filter(), node.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let server = wspd::Server::bind(config).await?;

@@ -132,6 +132,9 @@ pub struct Cluster {
     presence_seq: AtomicU64,
     /// The subscription is up: announcing is allowed.
     subscribed: AtomicBool,
+    /// This node has been announced once: a liveness key gone since
+    /// means the others declared it dead.
+    announced: AtomicBool,
     /// Redis answers: the other nodes can be reached.
     healthy: AtomicBool,
     /// Held while this node's presence is written (announce or changes).
@@ -183,6 +186,7 @@ impl Cluster {
             presence_epoch: AtomicU64::new(rand::random::<u32>() as u64),
             presence_seq: AtomicU64::new(0),
             subscribed: AtomicBool::new(false),
+            announced: AtomicBool::new(false),
             healthy: AtomicBool::new(false),
             writing: tokio::sync::Mutex::new(()),
             bounds: Bounds {
@@ -339,6 +343,9 @@ impl Cluster {
                 info!(parent: &self.span, "subscribed to Redis again");
             }
             connected_before = true;
+            if self.conn().is_none() {
+                self.connect().await;
+            }
             self.announce().await;
             // From now on a heartbeat that finds this node's key gone
             // announces it again.
@@ -491,6 +498,7 @@ impl Cluster {
             return;
         }
         self.presence_seq.store(1, Ordering::Relaxed);
+        self.announced.store(true, Ordering::Relaxed);
         drop(guard);
         info!(parent: &self.span, users = users.len(), "announced this node to the cluster");
         self.set_healthy(true);
@@ -562,8 +570,10 @@ impl Cluster {
             return;
         }
         if renewed.is_none() {
-            warn!(parent: &self.span, "this node was found dead by the cluster (its liveness key is gone): ending its cross-node calls and announcing it again");
-            self.end_all_peers(Why::Fenced);
+            if self.announced.load(Ordering::Relaxed) {
+                warn!(parent: &self.span, "this node was found dead by the cluster (its liveness key is gone): ending its cross-node calls and announcing it again");
+                self.end_all_peers(Why::Fenced);
+            }
             self.announce().await;
             return;
         }
