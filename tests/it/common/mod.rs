@@ -132,6 +132,22 @@ pub fn metric_value(text: &str, name: &str) -> f64 {
         .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
+/// A GET request over TLS to `addr`, checking the certificate for
+/// `domain` under the development CA; returns status, headers and body.
+pub async fn get_tls(
+    addr: SocketAddr,
+    domain: &str,
+    path: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(domain.to_string()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(dev_ca_client())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    http_on(tls, addr, "GET", path, &[], "").await
+}
+
 /// A plain HTTP/1.1 request over a fresh connection; returns status,
 /// headers (lowercase names) and body.
 pub async fn http(
@@ -517,6 +533,7 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
 }
 
 pub mod dns;
+pub mod redis;
 
 // ---- A small federation (`federation`, `check`) ----
 
@@ -556,8 +573,15 @@ impl Net {
     /// written to a file in this net's folder with absolute paths, for the
     /// `wspd` binary run from any directory. Returns its path.
     pub fn config_file(&self, domain: &str, extra: &str) -> std::path::PathBuf {
+        self.config_file_named(domain, &format!("{domain}.toml"), extra)
+    }
+
+    /// [`Net::config_file`] written under the file name `name`: for
+    /// several servers of one domain (the nodes of a cluster), which share
+    /// the certificate and the link key but not their config file.
+    pub fn config_file_named(&self, domain: &str, name: &str, extra: &str) -> std::path::PathBuf {
         let root = std::env::current_dir().unwrap();
-        let path = self.dir.join(format!("{domain}.toml"));
+        let path = self.dir.join(name);
         std::fs::write(
             &path,
             format!(
