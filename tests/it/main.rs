@@ -20,6 +20,7 @@ mod browser;
 mod calls;
 mod check;
 mod cli;
+mod cluster;
 mod discovery;
 mod faults;
 mod federation;
