@@ -467,10 +467,12 @@ async fn busy_only_when_every_device_on_every_node_is_busy() {
     bobs[0].expect_nothing().await;
     bobs[1].expect_nothing().await;
     c.wait_no_calls().await;
+    // Counted as on one node by the caller's node (the callee's nodes may
+    // count their part too, as a federated callee's server does).
     assert_eq!(
-        c.metric_sum("wspd_calls_total{outcome=\"busy\"}").await,
+        c.node(0).metric("wspd_calls_total{outcome=\"busy\"}").await,
         1.0,
-        "one busy call, counted once in the cluster"
+        "the caller's node counts one busy call"
     );
 }
 
@@ -494,8 +496,9 @@ async fn one_busy_node_does_not_stop_another_from_answering() {
     bobs[0].expect_nothing().await;
     alice.expect_nothing().await;
     assert_eq!(
-        c.metric_sum("wspd_calls_total{outcome=\"busy\"}").await,
-        0.0
+        c.node(0).metric("wspd_calls_total{outcome=\"busy\"}").await,
+        0.0,
+        "the caller's node counts no busy call"
     );
 
     hang_up(&mut alice, &mut bobs[1], id).await;
@@ -526,9 +529,11 @@ async fn decline_on_one_node_ends_the_call_on_the_others() {
     alice.expect_nothing().await;
     c.wait_no_calls().await;
     assert_eq!(
-        c.metric_sum("wspd_calls_total{outcome=\"declined\"}").await,
+        c.node(0)
+            .metric("wspd_calls_total{outcome=\"declined\"}")
+            .await,
         1.0,
-        "one declined call, counted once in the cluster"
+        "the caller's node counts one declined call"
     );
 }
 
@@ -616,13 +621,26 @@ async fn thirty_parallel_calls_keep_every_frame_once_and_in_order() {
             node.name
         );
     }
-    assert_eq!(
-        c.metric_sum("wspd_cluster_frames_total{direction=\"sent\"}")
-            .await,
-        c.metric_sum("wspd_cluster_frames_total{direction=\"received\"}")
-            .await,
-        "every cross-node message sent was received once"
-    );
+    // Every cross-node message sent is received once: the sums meet (the
+    // last messages of the hang-ups may still be on their way: polled).
+    let start = Instant::now();
+    loop {
+        let sent = c
+            .metric_sum("wspd_cluster_frames_total{direction=\"sent\"}")
+            .await;
+        let received = c
+            .metric_sum("wspd_cluster_frames_total{direction=\"received\"}")
+            .await;
+        // At least the candidates crossed: 2 x 50 per call.
+        if sent == received && sent >= (CALLS * FRAMES * 2) as f64 {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "cluster frames: {sent} sent, {received} received"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 // ---- A node dies ----
