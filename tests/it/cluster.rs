@@ -198,6 +198,12 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // A failed test shows what the nodes said.
+        if std::thread::panicking() {
+            for node in self.live() {
+                eprintln!("{}", node.log_tail());
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -667,13 +673,13 @@ async fn a_killed_node_ends_its_calls_with_410_and_no_other() {
 
     // Alice (n1) calls bob (n3); erin (n3) calls frank (n2); carol (n1)
     // calls dave (n2); gina (n2) calls hank (n3), who is still ringing.
-    answered_call(&mut alice, &mut bob, ALICE, BOB, "xkill-1").await;
+    answered_call(&mut alice, &mut bob, ALICE, BOB, "xkill-01").await;
     answered_call(
         &mut erin,
         &mut frank,
         "erin@localhost",
         "frank@localhost",
-        "xkill-2",
+        "xkill-02",
     )
     .await;
     answered_call(
@@ -681,20 +687,20 @@ async fn a_killed_node_ends_its_calls_with_410_and_no_other() {
         &mut dave,
         "carol@localhost",
         "dave@localhost",
-        "xkill-3",
+        "xkill-03",
     )
     .await;
-    gina.send(invite("gina@localhost", "hank@localhost", "xkill-4"))
+    gina.send(invite("gina@localhost", "hank@localhost", "xkill-04"))
         .await;
     hank.expect("invite").await;
-    hank.send(ringing("xkill-4")).await;
+    hank.send(ringing("xkill-04")).await;
     gina.expect("ringing").await;
 
     c.kill(2).await;
     let (a, f, g) = tokio::join!(
-        bye_within(&mut alice, 410, "xkill-1", BOUND),
-        bye_within(&mut frank, 410, "xkill-2", BOUND),
-        bye_within(&mut gina, 410, "xkill-4", BOUND),
+        bye_within(&mut alice, 410, "xkill-01", BOUND),
+        bye_within(&mut frank, 410, "xkill-02", BOUND),
+        bye_within(&mut gina, 410, "xkill-04", BOUND),
     );
     for (who, took) in [("alice", a), ("frank", f), ("gina", g)] {
         assert!(took < BOUND, "{who} heard 410 after {took:?}");
@@ -705,19 +711,19 @@ async fn a_killed_node_ends_its_calls_with_410_and_no_other() {
     c.wait_nodes(2).await;
 
     // The call between n1 and n2 is untouched.
-    still_relays(&mut carol, &mut dave, "xkill-3", 5).await;
+    still_relays(&mut carol, &mut dave, "xkill-03", 5).await;
 
     // Bob's only socket was on n3: offline, not a ring into the void.
-    alice.send(invite(ALICE, BOB, "xkill-5")).await;
-    let took = bye_within(&mut alice, 480, "xkill-5", BOUND).await;
+    alice.send(invite(ALICE, BOB, "xkill-05")).await;
+    let took = bye_within(&mut alice, 480, "xkill-05", BOUND).await;
     assert!(took < BOUND, "480 after {took:?}");
 
     // Bob comes back on n2 and is called again.
     let mut bob = c.node(1).connect(BOB).await;
-    answered_call(&mut alice, &mut bob, ALICE, BOB, "xkill-6").await;
-    still_relays(&mut alice, &mut bob, "xkill-6", 3).await;
-    hang_up(&mut alice, &mut bob, "xkill-6").await;
-    hang_up(&mut carol, &mut dave, "xkill-3").await;
+    answered_call(&mut alice, &mut bob, ALICE, BOB, "xkill-06").await;
+    still_relays(&mut alice, &mut bob, "xkill-06", 3).await;
+    hang_up(&mut alice, &mut bob, "xkill-06").await;
+    hang_up(&mut carol, &mut dave, "xkill-03").await;
     c.wait_no_calls().await;
 }
 
