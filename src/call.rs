@@ -104,6 +104,9 @@ enum Phase {
 pub struct Call {
     caller: Side,
     phase: Phase,
+    /// The caller is another node of this domain that forked the call to
+    /// the devices here (see [`Call::forked`]).
+    forked: bool,
 }
 
 impl Call {
@@ -142,8 +145,19 @@ impl Call {
                 ringing_relayed: false,
                 deadline: now + ring_timeout,
             },
+            forked: false,
         };
         (call, out)
+    }
+
+    /// Marks a call whose caller is another node of this domain, which
+    /// forked it to the devices here. That node ends it before an answer
+    /// with bye 200 when a device it holds answered, 603 when one
+    /// declined, and 487 when the caller cancelled: the devices here hear
+    /// "answered elsewhere", "declined elsewhere" or "cancelled", as the
+    /// callee's other devices do on one node.
+    pub fn forked(&mut self) {
+        self.forked = true;
     }
 
     /// When the ring timer is due, while the call is ringing.
@@ -292,14 +306,20 @@ impl Call {
         }
     }
 
-    /// The caller's frame before an answer: only a bye, which cancels.
+    /// The caller's frame before an answer: only a bye, which cancels (in
+    /// a forked call, see [`Call::forked`]).
     fn caller_before_answer(&mut self, f: Frame<'_>, out: &mut Outputs<'_>) {
         match f.bye_code {
             Some(ByeCode::TRANSFERRED) => refuse(out, f.from, ServerBye::EARLY_TRANSFER),
-            Some(_) => {
+            Some(code) => {
+                let why = match code {
+                    ByeCode::OK if self.forked => ServerBye::ANSWERED_ELSEWHERE,
+                    ByeCode::DECLINED if self.forked => ServerBye::DECLINED_ELSEWHERE,
+                    _ => ServerBye::CANCELLED,
+                };
                 if let Phase::Ringing { devices, .. } = &self.phase {
                     for d in devices.iter().filter(|d| d.state == DeviceState::Ringing) {
-                        bye(out, d.peer, ServerBye::CANCELLED);
+                        bye(out, d.peer, why);
                     }
                 }
                 out.push(Output::Detach(self.caller.peer));
@@ -560,6 +580,17 @@ mod tests {
         let out = c.handle(b(A, 200));
         assert_eq!(byes(&out), [(B2, 487)]);
         assert_eq!(c.outcome(), Some(Outcome::Cancelled));
+    }
+
+    #[test]
+    fn a_forked_call_hears_how_it_ended_elsewhere() {
+        for (code, heard) in [(200, 200), (603, 603), (487, 487), (480, 487)] {
+            let mut c = start(&[B1, B2]);
+            c.forked();
+            c.handle(b(B1, 486));
+            assert_eq!(byes(&c.handle(b(A, code))), [(B2, heard)], "{code}");
+            assert_eq!(c.outcome(), Some(Outcome::Cancelled));
+        }
     }
 
     #[test]

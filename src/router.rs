@@ -402,7 +402,10 @@ impl Router {
         let span = info_span!("call", id = %id, caller = %caller, callee = %callee);
         let ids: SmallVec<[PeerId; 3]> = devices.iter().map(|p| p.id).collect();
         let now = Instant::now();
-        let (call, outputs) = Call::start(from.id, &ids, invite, now, self.limits.ring_timeout);
+        let (mut call, outputs) = Call::start(from.id, &ids, invite, now, self.limits.ring_timeout);
+        if here_only {
+            call.forked();
+        }
         let mut peers = devices;
         peers.push(from.clone());
         let slot = Arc::new(Mutex::new(CallState {

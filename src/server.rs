@@ -505,7 +505,18 @@ async fn upgrade(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Response<
         .map(str::to_string);
     match link_auth {
         Some(link_auth) => link_upgrade(app, req, conn, &link_auth, handshake).await,
-        None => client_upgrade(app, req, conn, handshake),
+        None => {
+            let cluster = app.cluster.clone();
+            let res = client_upgrade(app, req, conn, handshake);
+            // In a cluster, the 101 goes once the other nodes have been
+            // told of the socket (bounded): they can call it at once.
+            if let Some(c) = cluster
+                && res.status() == StatusCode::SWITCHING_PROTOCOLS
+            {
+                c.presence_written().await;
+            }
+            res
+        }
     }
 }
 

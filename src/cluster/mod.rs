@@ -128,6 +128,10 @@ pub struct Cluster {
     presence_rx: Mutex<Option<mpsc::Receiver<(Address, bool)>>>,
     /// Changes were lost: write the whole set again.
     presence_dirty: AtomicBool,
+    /// Changes queued so far, and (below) written so far: a new socket's
+    /// 101 waits until its user's presence is out ([`Cluster::presence_written`]).
+    presence_queued: AtomicU64,
+    presence_done: tokio::sync::watch::Sender<u64>,
     presence_epoch: AtomicU64,
     presence_seq: AtomicU64,
     /// The subscription is up: announcing is allowed.
@@ -183,6 +187,8 @@ impl Cluster {
             presence_tx,
             presence_rx: Mutex::new(Some(presence_rx)),
             presence_dirty: AtomicBool::new(false),
+            presence_queued: AtomicU64::new(0),
+            presence_done: tokio::sync::watch::Sender::new(0),
             presence_epoch: AtomicU64::new(rand::random::<u32>() as u64),
             presence_seq: AtomicU64::new(0),
             subscribed: AtomicBool::new(false),
@@ -691,7 +697,21 @@ impl Cluster {
             if self.run::<()>(&p).await.is_none() {
                 self.presence_dirty.store(true, Ordering::Relaxed);
             }
+            self.presence_done.send_modify(|d| *d += n as u64);
         }
+    }
+
+    /// Waits (at most [`REDIS_TIMEOUT`]) until the presence changes queued
+    /// so far are written and published: a socket is answered its 101 once
+    /// the other nodes have been told of it, so that a call placed from
+    /// another node right after reaches it, as on one node.
+    pub async fn presence_written(&self) {
+        if !self.healthy() {
+            return;
+        }
+        let target = self.presence_queued.load(Ordering::Relaxed);
+        let mut done = self.presence_done.subscribe();
+        let _ = tokio::time::timeout(REDIS_TIMEOUT, done.wait_for(|d| *d >= target)).await;
     }
 }
 
@@ -719,8 +739,11 @@ impl Nodes for Cluster {
     }
 
     fn present(&self, user: &Address, here: bool) {
-        if self.presence_tx.try_send((user.clone(), here)).is_err() {
-            self.presence_dirty.store(true, Ordering::Relaxed);
+        match self.presence_tx.try_send((user.clone(), here)) {
+            Ok(()) => {
+                self.presence_queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => self.presence_dirty.store(true, Ordering::Relaxed),
         }
     }
 }
