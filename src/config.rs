@@ -1016,6 +1016,63 @@ secret = "0123456789abcdef0123456789abcdef"
     }
 
     #[test]
+    fn cluster_section() {
+        assert!(
+            Config::parse(MIN, Path::new("."))
+                .unwrap()
+                .cluster
+                .is_none()
+        );
+        let c = Config::parse(
+            &format!("{MIN}[cluster]\nredis = \"redis://:pw@10.0.0.5:6379/2\"\nnode = \"n-1.a\"\nnode_timeout = \"2s\"\n"),
+            Path::new("."),
+        )
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(
+            (c.node.as_str(), c.node_timeout),
+            ("n-1.a", Duration::from_secs(2))
+        );
+        assert!(
+            !format!("{c:?}").contains("pw"),
+            "the password is never shown"
+        );
+        // The default name: the host's and a random suffix, valid.
+        let d = Config::parse(
+            &format!("{MIN}[cluster]\nredis = \"redis://127.0.0.1\"\n"),
+            Path::new("."),
+        )
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(d.node_timeout, Duration::from_secs(3));
+        assert!(
+            d.node.len() > 7 && d.node.rsplit_once('-').is_some(),
+            "{}",
+            d.node
+        );
+        let e = err(&format!(
+            "{MIN}[cluster]\nredis = \"http://user:secret@x\"\n"
+        ));
+        assert!(e.contains("cluster.redis") && !e.contains("secret"), "{e}");
+        let e = err(&format!(
+            "{MIN}[cluster]\nredis = \"redis://x\"\nnode = \"a b\"\n"
+        ));
+        assert!(e.contains("cluster.node"), "{e}");
+        let e = err(&format!(
+            "{MIN}[cluster]\nredis = \"redis://x\"\nnode_timeout = \"100ms\"\n"
+        ));
+        assert!(e.contains("cluster.node_timeout"), "{e}");
+        assert!(
+            err(&format!(
+                "{MIN}[cluster]\nredis = \"redis://x\"\nnodes = 1\n"
+            ))
+            .contains("nodes")
+        );
+    }
+
+    #[test]
     fn development_secret_only_on_loopback() {
         let dev = MIN.replace("0123456789abcdef0123456789abcdef", DEV_SECRET);
         assert!(Config::parse(&dev, Path::new(".")).is_ok());

@@ -104,6 +104,36 @@ pub fn on_frame(router: &Arc<Router>, from: &Peer, text: &str, span: &Span) {
     }
 }
 
+/// Publishes what is still queued, once, for a shutdown.
+async fn flush(
+    cluster: &Cluster,
+    name: &str,
+    channel: &str,
+    outbox: &mut Outbox,
+    calls: &mut Vec<CallId>,
+) {
+    let mut pipe = redis::pipe();
+    let mut frames = 0;
+    while let Ok(out) = outbox.rx.try_recv() {
+        match out {
+            Out::Attach(id) => calls.push(id),
+            Out::Detach(id) => calls.retain(|c| *c != id),
+            Out::Frame(text) => {
+                let seq = cluster.next_seq(name);
+                pipe.publish(
+                    channel,
+                    wire::encode(&cluster.node, cluster.incarnation, seq, &text),
+                )
+                .ignore();
+                frames += 1;
+            }
+        }
+    }
+    if frames > 0 {
+        let _ = cluster.run::<()>(&pipe).await;
+    }
+}
+
 /// Publishes what is queued for node `name`, in order and numbered, until
 /// the peer is ended; then ends every call still on it as `why` says.
 pub async fn run(
@@ -163,8 +193,13 @@ pub async fn run(
         outbox.shared.written(bytes);
     }
     cluster.forget_peer(&name, peer.id);
-    let calls = close_outbox(&mut outbox.rx, calls);
     let why = why(&why_ended);
+    if why == Why::Closed {
+        // The server is shutting down: the byes it queued for the calls
+        // with that node go out first (one round trip, bounded).
+        flush(&cluster, &name, &channel, &mut outbox, &mut calls).await;
+    }
+    let calls = close_outbox(&mut outbox.rx, calls);
     if !calls.is_empty() {
         warn!(parent: &span, calls = calls.len(), reason = ?why, "ending the calls with another node");
     }
