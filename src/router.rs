@@ -505,16 +505,24 @@ impl Router {
         Ok(Some(callee.clone()))
     }
 
-    /// Feeds a frame from `from` to call `id`; an unknown call gets 481.
+    /// Feeds a frame from `from` to call `id`; an unknown call gets 481,
+    /// except a bye from another server (`from_server`: a link or a node),
+    /// which is dropped: two servers that have both forgotten a call must
+    /// not answer each other's byes for ever.
     pub fn frame(
         &self,
         from: &Peer,
+        from_server: bool,
         id: &CallId,
         keyword: Keyword,
         content: Option<&str>,
         bye_code: Option<ByeCode>,
     ) {
         let Some(slot) = self.calls.get(id).map(|s| s.value().clone()) else {
+            if from_server && keyword == Keyword::Bye {
+                debug!(call = %id, "bye for a call no longer here: dropped");
+                return;
+            }
             return self.bye(from, ServerBye::NO_SUCH_CALL, Some(id));
         };
         self.feed(

@@ -203,7 +203,7 @@ impl Session {
         };
         let bye_code = f.body.bye_code();
         self.router
-            .frame(&self.me, &id, f.keyword, f.body.raw(), bye_code);
+            .frame(&self.me, false, &id, f.keyword, f.body.raw(), bye_code);
         if f.keyword == Keyword::Bye && bye_code != Some(ByeCode::TRANSFERRED) {
             // A bye ends the call for this socket whatever the call says;
             // forget it here at once so a following frame without

@@ -290,15 +290,14 @@ impl Cluster {
         let link = entry.or_insert_with(|| {
             let (peer, outbox) = Peer::new(router.next_peer_id(), self.bounds, &self.shutdown);
             let span = info_span!(parent: &self.span, "node", peer = %name);
-            let (link, why) = NodeLink::new(peer.clone(), span.clone());
+            let (link, ending) = NodeLink::new(peer.clone(), span);
             self.tasks.spawn(node::run(
                 self.clone(),
                 router.clone(),
                 name.to_string(),
                 peer,
                 outbox,
-                why,
-                span,
+                ending,
             ));
             link
         });
@@ -310,11 +309,12 @@ impl Cluster {
         self.peers.remove_if(name, |_, l| l.peer.id == id);
     }
 
-    /// Ends the peer of node `name`, if any.
-    fn end_peer(&self, name: &str, why: Why) {
-        if let Some(l) = self.peers.get(name) {
-            l.end(why);
-        }
+    /// Ends the peer of node `name`, if any; returns what is cancelled
+    /// once its calls have been ended.
+    fn end_peer(&self, name: &str, why: Why) -> Option<CancellationToken> {
+        let l = self.peers.get(name)?;
+        l.end(why);
+        Some(l.ended.clone())
     }
 
     // ---- The subscription -------------------------------------------------
@@ -369,7 +369,8 @@ impl Cluster {
                     self.presence_message(msg.get_payload_bytes(), &mut presence)
                         .await;
                 } else {
-                    self.frame_message(msg.get_payload_bytes(), &mut frames);
+                    self.frame_message(msg.get_payload_bytes(), &mut frames)
+                        .await;
                 }
             }
             drop(stream);
@@ -390,7 +391,7 @@ impl Cluster {
 
     /// A frame from another node, for one of the calls it shares with this
     /// one.
-    fn frame_message(self: &Arc<Self>, raw: &[u8], seqs: &mut HashMap<String, Sequence>) {
+    async fn frame_message(self: &Arc<Self>, raw: &[u8], seqs: &mut HashMap<String, Sequence>) {
         let Some(router) = self.router() else { return };
         if raw.len() > self.max_message {
             warn!(parent: &self.span, bytes = raw.len(), "dropped an oversized message from another node");
@@ -402,26 +403,32 @@ impl Cluster {
         };
         self.metrics.cluster_frames("received", 1);
         let known = seqs.contains_key(m.node);
-        match seqs
+        let seen = seqs
             .entry(m.node.to_string())
             .or_default()
-            .see(m.epoch, m.seq)
-        {
-            Seen::InOrder => {}
+            .see(m.epoch, m.seq);
+        let ending = match seen {
+            Seen::InOrder => None,
             Seen::NewEpoch { .. } if known => {
                 info!(parent: &self.span, node = %m.node, "another node started again: ending the calls with its last run");
-                self.end_peer(m.node, Why::Dead);
+                self.end_peer(m.node, Why::Dead)
             }
             Seen::NewEpoch { first } => {
                 if !first {
                     debug!(parent: &self.span, node = %m.node, seq = m.seq, "first frame seen from a node is not its first");
                 }
+                None
             }
             Seen::Gap => {
                 self.metrics.cluster_gaps.inc();
                 warn!(parent: &self.span, node = %m.node, "frames from another node were lost: ending the calls with it");
-                self.end_peer(m.node, Why::Gap);
+                self.end_peer(m.node, Why::Gap)
             }
+        };
+        // The calls of the peer being ended end first: this frame, which
+        // came after the loss, must not reach them out of order.
+        if let Some(ended) = ending {
+            let _ = tokio::time::timeout(REDIS_TIMEOUT, ended.cancelled()).await;
         }
         let peer = self.peer_for_node(&router, m.node);
         let span = self

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use tokio_util::sync::CancellationToken;
 use tracing::{Span, debug, warn};
 
 use crate::address::CallId;
@@ -38,24 +39,34 @@ pub enum Why {
     Fenced = 4,
 }
 
+/// What a node peer's task keeps of its listing: why it is ended, what
+/// it cancels once its calls are, and its span.
+pub struct Ending {
+    why: Arc<AtomicU8>,
+    ended: CancellationToken,
+    span: Span,
+}
+
 /// A node's peer, as the cluster lists it.
 pub struct NodeLink {
     pub peer: Peer,
     why: Arc<AtomicU8>,
     pub span: Span,
+    /// Cancelled once its task has ended its calls.
+    pub ended: CancellationToken,
 }
 
 impl NodeLink {
-    pub fn new(peer: Peer, span: Span) -> (NodeLink, Arc<AtomicU8>) {
+    pub fn new(peer: Peer, span: Span) -> (NodeLink, Ending) {
         let why = Arc::new(AtomicU8::new(Why::Closed as u8));
-        (
-            NodeLink {
-                peer,
-                why: why.clone(),
-                span,
-            },
-            why,
-        )
+        let ended = CancellationToken::new();
+        let link = NodeLink {
+            peer,
+            why: why.clone(),
+            span: span.clone(),
+            ended: ended.clone(),
+        };
+        (link, Ending { why, ended, span })
     }
 
     /// Ends it: its task stops and its calls hear `why`.
@@ -100,7 +111,7 @@ pub fn on_frame(router: &Arc<Router>, from: &Peer, text: &str, span: &Span) {
             from.deliver(Out::Attach(id), router.metrics());
         }
     } else {
-        router.frame(from, &id, f.keyword, f.body.raw(), f.body.bye_code());
+        router.frame(from, true, &id, f.keyword, f.body.raw(), f.body.bye_code());
     }
 }
 
@@ -142,9 +153,13 @@ pub async fn run(
     name: String,
     peer: Peer,
     mut outbox: Outbox,
-    why_ended: Arc<AtomicU8>,
-    span: Span,
+    ending: Ending,
 ) {
+    let Ending {
+        why: why_ended,
+        ended,
+        span,
+    } = ending;
     let channel = cluster.keys.channel(&name);
     let mut calls: Vec<CallId> = Vec::new();
     let mut batch: Vec<Out> = Vec::new();
@@ -203,11 +218,22 @@ pub async fn run(
     if !calls.is_empty() {
         warn!(parent: &span, calls = calls.len(), reason = ?why, "ending the calls with another node");
     }
+    // After a gap the other node is alive but has lost track: it hears
+    // the same bye for each call, so that both sides end it.
+    let tell =
+        (why == Why::Gap && !calls.is_empty()).then(|| cluster.peer_for_node(&router, &name));
     for call in calls {
+        if let Some(p) = &tell {
+            p.deliver(
+                Out::Frame(frame::encode_bye(ServerBye::CLUSTER_GAP, Some(&call))),
+                router.metrics(),
+            );
+        }
         match why {
             Why::Gap => router.remote_bye(peer.id, &call, ServerBye::CLUSTER_GAP),
             Why::Unreachable => router.remote_bye(peer.id, &call, ServerBye::CLUSTER_UNREACHABLE),
             Why::Dead | Why::Fenced | Why::Closed => router.gone(peer.id, &call),
         }
     }
+    ended.cancel();
 }

@@ -161,8 +161,14 @@ impl Handler for LinkHandler {
                 self.calls.push(id);
             }
         } else {
-            self.router
-                .frame(&self.peer, &id, f.keyword, f.body.raw(), f.body.bye_code());
+            self.router.frame(
+                &self.peer,
+                true,
+                &id,
+                f.keyword,
+                f.body.raw(),
+                f.body.bye_code(),
+            );
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ mod calls;
 mod check;
 mod cli;
 mod cluster;
+mod cluster_gaps;
 mod discovery;
 mod faults;
 mod federation;
