@@ -137,4 +137,20 @@ async fn a_gap_in_a_nodes_frames_ends_the_calls_between_them_on_both_sides() {
     answered_call(&mut alice, &mut bob, "alice@localhost", "bob@localhost", id).await;
     bob.send(candidate(id, 3)).await;
     alice.expect("icecandidate").await;
+
+    // Every log line says which node wrote it; the gap is logged on n2.
+    for (name, n) in [("n1", &n1), ("n2", &n2)] {
+        let lines = n.stderr();
+        assert!(!lines.is_empty());
+        for l in &lines {
+            assert!(l.starts_with(&format!("node={name} ")), "{l}");
+        }
+    }
+    assert!(
+        n2.stderr()
+            .iter()
+            .any(|l| l.contains("frames from another node were lost")),
+        "{:?}",
+        n2.stderr()
+    );
 }
