@@ -187,6 +187,60 @@ impl Cluster {
         sum
     }
 
+    /// Waits until every live node knows of the sockets opened so far on
+    /// every other node. Presence crosses the cluster asynchronously
+    /// (through Redis); the tests of other subjects wait for it so as not
+    /// to race it (`a_user_is_reachable_from_every_node_once_connected` is
+    /// the test of that race). For each node, a marker user connects there
+    /// last; once a prober on each other node can call the marker (no more
+    /// 480), that node has seen the marker's node's earlier sockets too,
+    /// a node's presence changes being applied in order. The probe calls
+    /// are cancelled (outcome `cancelled`, or `offline` for the refused
+    /// tries).
+    async fn settle(&self) {
+        static ROUND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let round = ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let live: Vec<&Node> = self.live().collect();
+        for target in &live {
+            let domain = target.tls.as_deref().unwrap_or("localhost");
+            let marker_user = format!("marker-{}-{round}@{domain}", target.name);
+            let mut marker = target.connect(&marker_user).await;
+            for from in live.iter().filter(|n| n.name != target.name) {
+                let prober_user = format!("prober-{}-{round}@{domain}", from.name);
+                let mut prober = from.connect(&prober_user).await;
+                let start = Instant::now();
+                for attempt in 0.. {
+                    let id = format!("settle-{round}-{}-{attempt}", from.name);
+                    prober.send(invite(&prober_user, &marker_user, &id)).await;
+                    // A refusal is decided at once on the caller's node: it
+                    // comes before the answer to a frame sent next.
+                    let probe = format!("settle-probe-{attempt}");
+                    prober.send(ringing(&probe)).await;
+                    let f = prober.recv().await;
+                    if f[0] == "bye" && f[2]["call"] == id.as_str() {
+                        assert_eq!(f[1]["code"], 480, "a probe call refused: {f}");
+                        prober.expect_bye(481).await;
+                        assert!(
+                            start.elapsed() < WAIT,
+                            "{} does not see {marker_user} on {}",
+                            from.name,
+                            target.name
+                        );
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    assert_eq!(f[1]["code"], 481, "expected the probe's 481, got {f}");
+                    assert_eq!(marker.expect("invite").await[2]["call"], id.as_str());
+                    prober.send(bye(&id, 200)).await;
+                    marker.expect_bye(487).await;
+                    break;
+                }
+                prober.close().await;
+            }
+            marker.close().await;
+        }
+    }
+
     /// Kills node `i` with SIGKILL and waits for the process to end.
     async fn kill(&mut self, i: usize) -> Node {
         let mut node = self.nodes[i].take().expect("a live node");
@@ -317,6 +371,7 @@ async fn call_between_users_on_two_nodes() {
     let c = Cluster::start("call", 2, None).await;
     let mut alice = c.node(0).connect(ALICE).await;
     let mut bob = c.node(1).connect(BOB).await;
+    c.settle().await;
     let id = "xnode-0001";
 
     let inv = invite(ALICE, BOB, id);
@@ -369,6 +424,38 @@ async fn call_between_users_on_two_nodes() {
     alice.expect_nothing().await;
 }
 
+/// A user is reachable from every node as soon as its socket is open, as
+/// on one server (where a socket is registered before the upgrade is
+/// answered): an invite placed on n1 right after bob's connection to n2
+/// completed must ring him, not be refused with 480 because n1 has not
+/// heard of him yet. Twenty tries, each with a new connection.
+#[tokio::test]
+async fn a_user_is_reachable_from_every_node_once_connected() {
+    let c = Cluster::start("reach", 2, None).await;
+    let mut alice = c.node(0).connect(ALICE).await;
+    for n in 0..20 {
+        let mut bob = c.node(1).connect(BOB).await;
+        let id = format!("xreach-{n:03}");
+        alice.send(invite(ALICE, BOB, &id)).await;
+        // Alice's next frame: the 481 of the probe, or the 480 of a node
+        // that does not know bob yet.
+        alice.send(ringing("xreach-probe")).await;
+        let f = alice.recv().await;
+        assert_eq!(
+            (&f[0], &f[1]["code"], &f[2]["call"]),
+            (&json!("bye"), &json!(481), &json!("xreach-probe")),
+            "try {n}: bob connected to n2 is not reachable from n1 yet: {f}"
+        );
+        assert_eq!(bob.expect("invite").await[2]["call"], id.as_str());
+        alice.send(bye(&id, 200)).await;
+        bob.expect_bye(487).await;
+        bob.close().await;
+        c.node(1)
+            .wait_metric("wspd_sessions", "= 0", |v| v == 0.0)
+            .await;
+    }
+}
+
 /// Three nodes: alice on n1, `bob` with one device on each node. Every
 /// device gets the invite verbatim.
 async fn bob_everywhere(tag: &str) -> (Cluster, Client, Vec<Client>) {
@@ -378,6 +465,7 @@ async fn bob_everywhere(tag: &str) -> (Cluster, Client, Vec<Client>) {
     for i in 0..3 {
         bobs.push(c.node(i).connect(BOB).await);
     }
+    c.settle().await;
     (c, alice, bobs)
 }
 
@@ -386,6 +474,7 @@ async fn bob_elsewhere(tag: &str) -> (Cluster, Client, Vec<Client>) {
     let c = Cluster::start(tag, 3, None).await;
     let alice = c.node(0).connect(ALICE).await;
     let bobs = vec![c.node(1).connect(BOB).await, c.node(2).connect(BOB).await];
+    c.settle().await;
     (c, alice, bobs)
 }
 
@@ -555,6 +644,7 @@ async fn callee_without_a_socket_on_any_node_is_offline_480() {
 
     // Bob on n2 is called, then leaves.
     let mut bob = c.node(1).connect(BOB).await;
+    c.settle().await;
     ring(&mut alice, std::slice::from_mut(&mut bob), "xoffline-2").await;
     bob.send(bye("xoffline-2", 486)).await;
     alice.expect_bye(486).await;
@@ -583,6 +673,7 @@ async fn thirty_parallel_calls_keep_every_frame_once_and_in_order() {
         let b = c.node((i + 1) % 2).connect(&callee).await;
         pairs.push((i, caller, callee, a, b));
     }
+    c.settle().await;
 
     let calls = pairs
         .into_iter()
@@ -670,6 +761,7 @@ async fn a_killed_node_ends_its_calls_with_410_and_no_other() {
     let mut frank = c.node(1).connect("frank@localhost").await;
     let mut gina = c.node(1).connect("gina@localhost").await;
     let mut hank = c.node(2).connect("hank@localhost").await;
+    c.settle().await;
 
     // Alice (n1) calls bob (n3); erin (n3) calls frank (n2); carol (n1)
     // calls dave (n2); gina (n2) calls hank (n3), who is still ringing.
@@ -720,6 +812,7 @@ async fn a_killed_node_ends_its_calls_with_410_and_no_other() {
 
     // Bob comes back on n2 and is called again.
     let mut bob = c.node(1).connect(BOB).await;
+    c.settle().await;
     answered_call(&mut alice, &mut bob, ALICE, BOB, "xkill-06").await;
     still_relays(&mut alice, &mut bob, "xkill-06", 3).await;
     hang_up(&mut alice, &mut bob, "xkill-06").await;
@@ -780,6 +873,7 @@ async fn redis_down_then_back_empty() {
     let mut bob = c.node(0).connect(BOB).await;
     let mut carol = c.node(1).connect("carol@localhost").await;
     let mut dave = c.node(1).connect("dave@localhost").await;
+    c.settle().await;
     for node in c.live() {
         node.wait_health("ok\n", WAIT).await;
     }
@@ -907,6 +1001,7 @@ async fn federation_link_lands_on_the_node_without_the_callee() {
 
     let mut alice = a.connect_online("alice@a.test").await;
     let mut bob = c.node(1).connect("bob@b.test").await;
+    c.settle().await;
 
     let id = "xfed-0001";
     alice.send(invite("alice@a.test", "bob@b.test", id)).await;
