@@ -970,16 +970,10 @@ async fn redis_down_then_back_empty() {
 
 // ---- Federation with a cluster ----
 
-/// b.test runs on two nodes (shared certificate and link key, own
-/// listeners); a.test on one server. Only n1's address is published for
-/// b.test, and bob is connected to n2 only: a.test's link lands on the
-/// node without bob's socket and the call still reaches him. Then bob
-/// calls back from n2, which opens a link of its own.
-#[tokio::test]
-async fn federation_link_lands_on_the_node_without_the_callee() {
-    let net = Net::new("cluster-fed").await;
-    let a = net.server("a.test", "").await;
-    let redis = Redis::start("cluster-fed").await;
+/// b.test on two nodes (shared certificate and link key, own listeners)
+/// with only n1's address published for b.test in `net`'s DNS.
+async fn b_test_cluster(net: &Net, tag: &str) -> Cluster {
+    let redis = Redis::start(tag).await;
     // The nodes share one link key: made before either starts.
     wspd::federation::keys::LinkKey::load_or_create(&net.key_path("b.test")).unwrap();
     let mut nodes = Vec::new();
@@ -997,7 +991,19 @@ async fn federation_link_lands_on_the_node_without_the_callee() {
         });
     }
     net.publish("b.test", "b.test", nodes[0].wspd.addr);
-    let c = Cluster::of(redis, nodes, temp_dir("cluster-fed-nodes")).await;
+    Cluster::of(redis, nodes, temp_dir(&format!("{tag}-nodes"))).await
+}
+
+/// b.test runs on two nodes (shared certificate and link key, own
+/// listeners); a.test on one server. Only n1's address is published for
+/// b.test, and bob is connected to n2 only: a.test's link lands on the
+/// node without bob's socket and the call still reaches him. Then bob
+/// calls back from n2, which opens a link of its own.
+#[tokio::test]
+async fn federation_link_lands_on_the_node_without_the_callee() {
+    let net = Net::new("cluster-fed").await;
+    let a = net.server("a.test", "").await;
+    let c = b_test_cluster(&net, "cluster-fed").await;
 
     let mut alice = a.connect_online("alice@a.test").await;
     let mut bob = c.node(1).connect("bob@b.test").await;
@@ -1046,4 +1052,48 @@ async fn federation_link_lands_on_the_node_without_the_callee() {
 
     c.wait_no_calls().await;
     assert_eq!(a.metric("wspd_calls_active").await, 0.0);
+}
+
+/// A call from another domain forks to the callee's devices on both
+/// nodes (the link on n1): the device on n2 answers, the one on n1 hears
+/// "Answered elsewhere", as `federation::forking_across_the_link` on one
+/// server.
+#[tokio::test]
+async fn federated_call_forks_to_devices_on_both_nodes() {
+    let net = Net::new("cluster-fed-fork").await;
+    let a = net.server("a.test", "").await;
+    let c = b_test_cluster(&net, "cluster-fed-fork").await;
+    let mut alice = a.connect_online("alice@a.test").await;
+    let mut bob1 = c.node(0).connect("bob@b.test").await;
+    let mut bob2 = c.node(1).connect("bob@b.test").await;
+    c.settle().await;
+
+    let id = "xfedfork-01";
+    alice.send(invite("alice@a.test", "bob@b.test", id)).await;
+    for b in [&mut bob1, &mut bob2] {
+        let inv = b.expect("invite").await;
+        assert_eq!(inv[1]["caller"]["uri"], "alice@a.test");
+        assert_eq!(inv[2]["call"], id);
+    }
+    bob1.send(ringing(id)).await;
+    bob1.expect_nothing().await;
+    bob2.send(ringing(id)).await;
+    alice.expect("ringing").await;
+    // Bob's offer from n2 follows his ringing from n2: alice's next frame
+    // is the offer only if the second ringing was not relayed.
+    bob2.send(offer(id)).await;
+    assert_eq!(alice.expect("offer").await, offer(id));
+    let f = bob1.expect_bye(200).await;
+    assert_eq!(bye_parts(&f), (id, "Answered elsewhere"), "{f}");
+    alice.send(answer(id)).await;
+    assert_eq!(bob2.expect("answer").await, answer(id));
+    still_relays(&mut alice, &mut bob2, id, 3).await;
+    bob1.expect_nothing().await;
+    hang_up(&mut alice, &mut bob2, id).await;
+    c.wait_no_calls().await;
+    assert_eq!(
+        c.node(0).metric("wspd_links{direction=\"in\"}").await,
+        1.0,
+        "a.test's link on n1"
+    );
 }
