@@ -329,11 +329,8 @@ async fn redis_harness_starts_kills_and_restarts_empty() {
     let mut r = Redis::start("harness").await;
     let port = r.port;
     assert!(r.ping().await);
-    assert_eq!(
-        redis::command(port, "SET wspd-test 1").await.as_deref(),
-        Some("+OK")
-    );
-    assert_eq!(redis::command(port, "DBSIZE").await.as_deref(), Some(":1"));
+    assert_eq!(r.command("SET wspd-test 1").await.as_deref(), Some("+OK"));
+    assert_eq!(r.command("DBSIZE").await.as_deref(), Some(":1"));
 
     r.kill().await;
     assert!(!r.ping().await, "a killed redis-server still answers");
@@ -348,7 +345,7 @@ async fn redis_harness_starts_kills_and_restarts_empty() {
     assert_eq!(r.port, port, "restarted on the same port");
     assert!(r.ping().await);
     assert_eq!(
-        redis::command(port, "DBSIZE").await.as_deref(),
+        r.command("DBSIZE").await.as_deref(),
         Some(":0"),
         "a restarted redis-server is empty (no persistence)"
     );
@@ -359,6 +356,60 @@ async fn redis_harness_starts_kills_and_restarts_empty() {
     while redis::ping(port).await {
         assert!(start.elapsed() < WAIT, "a dropped redis-server still runs");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The URL forms of the configuration: a password and a database number
+/// (`redis://user:pass@host:port/db`); `node` left out, so that each node
+/// takes its default name (hostname and a random suffix: two nodes on one
+/// host must still differ). The password is never logged.
+#[tokio::test]
+async fn redis_url_with_password_and_database_and_default_node_names() {
+    const PASSWORD: &str = "pw-Zq8-never-logged";
+    let redis = Redis::start_with_password("url-forms", PASSWORD).await;
+    let url = format!("redis://default:{PASSWORD}@127.0.0.1:{}/2", redis.port);
+    let dir = temp_dir("cluster-url-forms");
+    let mut nodes = Vec::new();
+    for name in ["first", "second"] {
+        let extra = format!("[cluster]\nredis = \"{url}\"\n");
+        let path = config_file(&dir, &format!("{name}.toml"), "127.0.0.1:0", &extra);
+        nodes.push(Node {
+            wspd: Wspd::start(&path, LOG).await,
+            name: name.into(),
+            tls: None,
+        });
+    }
+    let c = Cluster::of(redis, nodes, dir).await;
+    let mut alice = c.node(0).connect(ALICE).await;
+    let mut bob = c.node(1).connect(BOB).await;
+    c.settle().await;
+    answered_call(&mut alice, &mut bob, ALICE, BOB, "xurl-0001").await;
+    still_relays(&mut alice, &mut bob, "xurl-0001", 3).await;
+    hang_up(&mut alice, &mut bob, "xurl-0001").await;
+    c.wait_no_calls().await;
+
+    // Everything in database 2, nothing in database 0.
+    let auth = format!("AUTH {PASSWORD}");
+    let db0 = redis::commands(c.redis.port, &[&auth, "DBSIZE"]).await;
+    assert_eq!(db0, Some(vec!["+OK".into(), ":0".into()]), "database 0");
+    let db2 = redis::commands(c.redis.port, &[&auth, "SELECT 2", "DBSIZE"])
+        .await
+        .expect("DBSIZE of database 2");
+    let keys: u64 = db2[2].trim_start_matches(':').parse().unwrap();
+    assert!(keys > 0, "the cluster's keys are in database 2: {db2:?}");
+
+    for node in c.live() {
+        let leaked: Vec<String> = node
+            .wspd
+            .stderr()
+            .into_iter()
+            .filter(|l| l.contains(PASSWORD))
+            .collect();
+        assert!(
+            leaked.is_empty(),
+            "node {} logged the password: {leaked:?}",
+            node.name
+        );
     }
 }
 

@@ -19,6 +19,8 @@ pub struct Redis {
     pub port: u16,
     /// Its working directory and log file, removed on drop.
     dir: PathBuf,
+    /// The password of the default user (`requirepass`), if any.
+    password: Option<String>,
     child: Option<tokio::process::Child>,
 }
 
@@ -26,9 +28,20 @@ impl Redis {
     /// Starts a server on a free port and waits until it answers PING. A
     /// port taken between the choice and the bind is retried with another.
     pub async fn start(tag: &str) -> Redis {
+        Redis::start_inner(tag, None).await
+    }
+
+    /// Like [`Redis::start`], with a password for the default user
+    /// (`--requirepass`), kept across restarts.
+    pub async fn start_with_password(tag: &str, password: &str) -> Redis {
+        Redis::start_inner(tag, Some(password.to_string())).await
+    }
+
+    async fn start_inner(tag: &str, password: Option<String>) -> Redis {
         let mut r = Redis {
             port: 0,
             dir: super::temp_dir(&format!("redis-{tag}")),
+            password,
             child: None,
         };
         for _ in 0..5 {
@@ -47,7 +60,20 @@ impl Redis {
 
     /// Whether a server answers PING with +PONG on the port now.
     pub async fn ping(&self) -> bool {
-        ping(self.port).await
+        ping_auth(self.port, self.password.as_deref()).await
+    }
+
+    /// One inline command on this server (authenticated when it has a
+    /// password): the first line of its reply, for checks such as `DBSIZE`.
+    pub async fn command(&self, cmd: &str) -> Option<String> {
+        let mut cmds = Vec::new();
+        let auth;
+        if let Some(pw) = &self.password {
+            auth = format!("AUTH {pw}");
+            cmds.push(auth.as_str());
+        }
+        cmds.push(cmd);
+        commands(self.port, &cmds).await?.pop()
     }
 
     /// Kills the server with SIGKILL and waits until the process is gone
@@ -86,7 +112,11 @@ impl Redis {
     /// Spawns the server on `self.port`; true once it answers PING, false
     /// if it exited first (e.g. the port was taken).
     async fn spawn_and_wait(&mut self) -> bool {
-        let child = tokio::process::Command::new(REDIS_SERVER)
+        let mut cmd = tokio::process::Command::new(REDIS_SERVER);
+        if let Some(pw) = &self.password {
+            cmd.args(["--requirepass", pw]);
+        }
+        let child = cmd
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
@@ -105,7 +135,7 @@ impl Redis {
         self.child = Some(child);
         let start = Instant::now();
         loop {
-            if ping(self.port).await {
+            if self.ping().await {
                 return true;
             }
             let child = self.child.as_mut().unwrap();
@@ -136,12 +166,21 @@ impl Drop for Redis {
 /// Connects to 127.0.0.1:`port`, sends PING, expects +PONG (each step
 /// bounded to one second).
 pub async fn ping(port: u16) -> bool {
+    ping_auth(port, None).await
+}
+
+/// [`ping`], first authenticating with `password` when given.
+async fn ping_auth(port: u16, password: Option<&str>) -> bool {
     let exchange = async {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        s.write_all(b"PING\r\n").await.ok()?;
-        let mut buf = [0u8; 7];
+        let (request, expected) = match password {
+            None => ("PING\r\n".to_string(), "+PONG\r\n"),
+            Some(pw) => (format!("AUTH {pw}\r\nPING\r\n"), "+OK\r\n+PONG\r\n"),
+        };
+        s.write_all(request.as_bytes()).await.ok()?;
+        let mut buf = vec![0u8; expected.len()];
         s.read_exact(&mut buf).await.ok()?;
-        Some(&buf == b"+PONG\r\n")
+        Some(buf == expected.as_bytes())
     };
     matches!(
         tokio::time::timeout(Duration::from_secs(1), exchange).await,
@@ -149,20 +188,26 @@ pub async fn ping(port: u16) -> bool {
     )
 }
 
-/// Sends one command (as an inline command) and returns the first line of
-/// the reply, for checks such as `DBSIZE`.
-pub async fn command(port: u16, cmd: &str) -> Option<String> {
+/// Sends inline commands on one connection and returns the first line of
+/// each reply (bounded to one second in all).
+pub async fn commands(port: u16, cmds: &[&str]) -> Option<Vec<String>> {
     let exchange = async {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        s.write_all(format!("{cmd}\r\n").as_bytes()).await.ok()?;
-        let mut reply = Vec::new();
-        let mut byte = [0u8; 1];
-        while !reply.ends_with(b"\r\n") {
-            s.read_exact(&mut byte).await.ok()?;
-            reply.push(byte[0]);
+        for cmd in cmds {
+            s.write_all(format!("{cmd}\r\n").as_bytes()).await.ok()?;
         }
-        reply.truncate(reply.len() - 2);
-        String::from_utf8(reply).ok()
+        let mut replies = Vec::new();
+        for _ in cmds {
+            let mut reply = Vec::new();
+            let mut byte = [0u8; 1];
+            while !reply.ends_with(b"\r\n") {
+                s.read_exact(&mut byte).await.ok()?;
+                reply.push(byte[0]);
+            }
+            reply.truncate(reply.len() - 2);
+            replies.push(String::from_utf8(reply).ok()?);
+        }
+        Some(replies)
     };
     tokio::time::timeout(Duration::from_secs(1), exchange)
         .await
