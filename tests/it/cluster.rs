@@ -241,6 +241,19 @@ impl Cluster {
         }
     }
 
+    /// Starts node `i` again (after [`Cluster::kill`]) from its config
+    /// file, under the same name, on a new port.
+    async fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "kill node n{} first", i + 1);
+        let name = format!("n{}", i + 1);
+        let path = self.dir.join(format!("{name}.toml"));
+        self.nodes[i] = Some(Node {
+            wspd: Wspd::start(&path, LOG).await,
+            name,
+            tls: None,
+        });
+    }
+
     /// Kills node `i` with SIGKILL and waits for the process to end.
     async fn kill(&mut self, i: usize) -> Node {
         let mut node = self.nodes[i].take().expect("a live node");
@@ -290,7 +303,9 @@ fn bye_parts(f: &Value) -> (&str, &str) {
 /// returns how long it took.
 async fn bye_within(c: &mut Client, code: u64, id: &str, wait: Duration) -> Duration {
     let start = Instant::now();
-    let f = c.recv_within(wait).await;
+    let Ok(f) = tokio::time::timeout(wait, c.recv_within(wait + WAIT)).await else {
+        panic!("expected bye {code} for {id} within {wait:?}, got nothing");
+    };
     assert_eq!(f[0], "bye", "expected bye {code} for {id}, got {f}");
     assert_eq!(f[1]["code"], code, "expected bye {code} for {id}, got {f}");
     assert_eq!(f[2]["call"], id, "expected bye {code} for {id}, got {f}");
@@ -872,6 +887,57 @@ async fn a_killed_node_ends_its_calls_with_410_and_no_other() {
     still_relays(&mut alice, &mut bob, "xkill-06", 3).await;
     hang_up(&mut alice, &mut bob, "xkill-06").await;
     hang_up(&mut carol, &mut dave, "xkill-03").await;
+    c.wait_no_calls().await;
+}
+
+/// n3 is killed and started again at once under the same name, before
+/// its liveness expires (node_timeout 3 s, the default): its calls of
+/// before still end with 410 for their surviving parties within
+/// node_timeout + 1 s (4 s; 6 s allowed for a loaded machine), the call
+/// between n1 and n2 goes on, and the new n3 takes part in the cluster:
+/// its users are called and call.
+#[tokio::test]
+async fn a_node_restarted_under_its_name_ends_the_calls_of_its_last_run() {
+    const BOUND: Duration = Duration::from_secs(6);
+    let mut c = Cluster::start("node-restart", 3, None).await;
+    let mut alice = c.node(0).connect(ALICE).await;
+    let mut bob = c.node(2).connect(BOB).await;
+    let mut carol = c.node(0).connect("carol@localhost").await;
+    let mut dave = c.node(1).connect("dave@localhost").await;
+    c.settle().await;
+    answered_call(&mut alice, &mut bob, ALICE, BOB, "xrestart-1").await;
+    answered_call(
+        &mut carol,
+        &mut dave,
+        "carol@localhost",
+        "dave@localhost",
+        "xrestart-2",
+    )
+    .await;
+
+    c.kill(2).await;
+    let killed = Instant::now();
+    c.restart(2).await;
+    let took = bye_within(&mut alice, 410, "xrestart-1", BOUND).await;
+    let since_kill = killed.elapsed();
+    assert!(
+        since_kill < BOUND,
+        "alice heard 410 {since_kill:?} after the kill ({took:?} after the restart)"
+    );
+    alice.expect_nothing().await;
+    c.wait_nodes(3).await;
+    still_relays(&mut carol, &mut dave, "xrestart-2", 3).await;
+
+    // Bob on the new n3: called from n1, and calling n2.
+    let mut bob = c.node(2).connect(BOB).await;
+    c.settle().await;
+    answered_call(&mut alice, &mut bob, ALICE, BOB, "xrestart-3").await;
+    still_relays(&mut alice, &mut bob, "xrestart-3", 3).await;
+    hang_up(&mut alice, &mut bob, "xrestart-3").await;
+    answered_call(&mut bob, &mut dave, BOB, "dave@localhost", "xrestart-4").await;
+    still_relays(&mut bob, &mut dave, "xrestart-4", 3).await;
+    hang_up(&mut bob, &mut dave, "xrestart-4").await;
+    hang_up(&mut carol, &mut dave, "xrestart-2").await;
     c.wait_no_calls().await;
 }
 
