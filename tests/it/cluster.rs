@@ -123,13 +123,19 @@ impl Cluster {
     /// `127.0.0.1:0`), each with `node_timeout` when given; returns once
     /// every node sees all N.
     async fn start(tag: &str, n: usize, node_timeout: Option<&str>) -> Cluster {
+        Cluster::start_with(tag, n, node_timeout, "").await
+    }
+
+    /// [`Cluster::start`] with `extra` (whole sections, such as
+    /// `[limits]`) before each node's `[cluster]`.
+    async fn start_with(tag: &str, n: usize, node_timeout: Option<&str>, extra: &str) -> Cluster {
         let redis = Redis::start(tag).await;
         let dir = temp_dir(&format!("cluster-{tag}"));
         let url = redis.url();
         let mut nodes = Vec::new();
         for i in 1..=n {
             let name = format!("n{i}");
-            let extra = cluster_section(&url, &name, node_timeout);
+            let extra = format!("{extra}{}", cluster_section(&url, &name, node_timeout));
             let path = config_file(&dir, &format!("{name}.toml"), "127.0.0.1:0", &extra);
             nodes.push(Node {
                 wspd: Wspd::start(&path, LOG).await,
@@ -606,6 +612,85 @@ async fn forking_to_devices_on_three_nodes() {
     bobs[2].expect_nothing().await;
 
     hang_up(&mut alice, &mut bobs[1], id).await;
+    c.wait_no_calls().await;
+}
+
+/// `calls::caller_bye_before_the_answer_cancels_every_device`, bob's
+/// devices on all three nodes.
+#[tokio::test]
+async fn caller_bye_before_the_answer_cancels_every_device_on_every_node() {
+    let (c, mut alice, mut bobs) = bob_everywhere("cancel").await;
+    let id = "xcancel-01";
+    // The probes of `settle` were cancelled calls too.
+    let cancelled = "wspd_calls_total{outcome=\"cancelled\"}";
+    let before = c.node(0).metric(cancelled).await;
+    ring(&mut alice, &mut bobs, id).await;
+    bobs[2].send(ringing(id)).await;
+    assert_eq!(alice.expect("ringing").await, ringing(id));
+
+    alice.send(bye(id, 200)).await;
+    for (i, b) in bobs.iter_mut().enumerate() {
+        let f = b.expect("bye").await;
+        assert_eq!(
+            (&f[1]["code"], bye_parts(&f)),
+            (&json!(487), (id, "Cancelled")),
+            "device on n{}: {f}",
+            i + 1
+        );
+    }
+    alice.expect_nothing().await;
+    bobs[1].send(offer(id)).await;
+    bobs[1].expect_bye(481).await;
+    alice.expect_nothing().await;
+    c.wait_no_calls().await;
+    assert_eq!(
+        c.node(0).metric(cancelled).await - before,
+        1.0,
+        "the caller's node counts one cancelled call"
+    );
+}
+
+/// `calls::ring_timeout_ends_the_call_with_408` with a ring timeout of
+/// 1 s and bob's devices on n2 and n3: the caller and every device hear
+/// 408 "No answer", once, within 1 s + 3 s allowed for a loaded machine.
+#[tokio::test]
+async fn ring_timeout_ends_the_call_on_every_node_with_408() {
+    let c = Cluster::start_with("ring-timeout", 3, None, "[limits]\nring_timeout = \"1s\"\n").await;
+    let mut alice = c.node(0).connect(ALICE).await;
+    let mut bobs = vec![c.node(1).connect(BOB).await, c.node(2).connect(BOB).await];
+    c.settle().await;
+    let id = "xtimeout-1";
+    let started = Instant::now();
+    ring(&mut alice, &mut bobs, id).await;
+    bobs[0].send(ringing(id)).await;
+    assert_eq!(alice.expect("ringing").await, ringing(id));
+
+    let bound = Duration::from_secs(4);
+    let [b0, b1] = &mut bobs[..] else {
+        unreachable!()
+    };
+    let (a, f0, f1) = tokio::join!(
+        alice.recv_within(bound),
+        b0.recv_within(bound),
+        b1.recv_within(bound)
+    );
+    let waited = started.elapsed();
+    for (who, f) in [("alice", &a), ("bob on n2", &f0), ("bob on n3", &f1)] {
+        assert_eq!(
+            (&f[0], &f[1]["code"], bye_parts(f)),
+            (&json!("bye"), &json!(408), (id, "No answer")),
+            "{who}: {f}"
+        );
+    }
+    assert!(
+        waited >= Duration::from_secs(1) && waited < bound,
+        "the ring timeout fired after {waited:?}"
+    );
+    alice.expect_nothing().await;
+    bobs[0].expect_nothing().await;
+    bobs[1].expect_nothing().await;
+    bobs[1].send(offer(id)).await;
+    bobs[1].expect_bye(481).await;
     c.wait_no_calls().await;
 }
 
