@@ -916,6 +916,9 @@ async fn a_killed_node_ends_its_calls_with_410_and_no_other() {
     let mut frank = c.node(1).connect("frank@localhost").await;
     let mut gina = c.node(1).connect("gina@localhost").await;
     let mut hank = c.node(2).connect("hank@localhost").await;
+    // Ivy has a device on n2 and one on n3.
+    let mut ivy2 = c.node(1).connect("ivy@localhost").await;
+    let _ivy3 = c.node(2).connect("ivy@localhost").await;
     c.settle().await;
 
     // Alice (n1) calls bob (n3); erin (n3) calls frank (n2); carol (n1)
@@ -964,6 +967,15 @@ async fn a_killed_node_ends_its_calls_with_410_and_no_other() {
     alice.send(invite(ALICE, BOB, "xkill-05")).await;
     let took = bye_within(&mut alice, 480, "xkill-05", BOUND).await;
     assert!(took < BOUND, "480 after {took:?}");
+
+    // Ivy's device on n2 is called alone: its busy ends the call at once,
+    // with nothing left waiting for the dead n3.
+    alice.send(invite(ALICE, "ivy@localhost", "xkill-07")).await;
+    assert_eq!(ivy2.expect("invite").await[2]["call"], "xkill-07");
+    ivy2.send(bye("xkill-07", 486)).await;
+    let took = bye_within(&mut alice, 486, "xkill-07", BOUND).await;
+    assert!(took < BOUND, "486 after {took:?}");
+    ivy2.expect_nothing().await;
 
     // Bob comes back on n2 and is called again.
     let mut bob = c.node(1).connect(BOB).await;
