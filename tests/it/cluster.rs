@@ -1091,13 +1091,32 @@ async fn redis_down_then_back_empty() {
     let mut bob = c.node(0).connect(BOB).await;
     let mut carol = c.node(1).connect("carol@localhost").await;
     let mut dave = c.node(1).connect("dave@localhost").await;
+    let mut erin = c.node(0).connect("erin@localhost").await;
+    let mut frank = c.node(1).connect("frank@localhost").await;
     c.settle().await;
     for node in c.live() {
         node.wait_health("ok\n", WAIT).await;
     }
     answered_call(&mut alice, &mut bob, ALICE, BOB, "xredis-1").await;
+    answered_call(
+        &mut erin,
+        &mut frank,
+        "erin@localhost",
+        "frank@localhost",
+        "xredis-0",
+    )
+    .await;
 
     c.redis.kill().await;
+
+    // The call across nodes ends for both parties with 503 (docs/cluster.md:
+    // "calls across nodes end with bye 503"); 5 s allowed.
+    let bound = Duration::from_secs(5);
+    let (e, f) = tokio::join!(
+        bye_within(&mut erin, 503, "xredis-0", bound),
+        bye_within(&mut frank, 503, "xredis-0", bound),
+    );
+    assert!(e < bound && f < bound, "503 after {e:?} and {f:?}");
 
     // The call on n1 goes on; a new one on n2 is placed and completes.
     still_relays(&mut alice, &mut bob, "xredis-1", 5).await;
@@ -1128,6 +1147,9 @@ async fn redis_down_then_back_empty() {
 
     for node in c.live() {
         node.wait_health("degraded", WAIT).await;
+        // Without Redis a node sees itself only.
+        node.wait_metric("wspd_cluster_nodes", "= 1", |v| v == 1.0)
+            .await;
     }
     assert!(
         c.metric_sum("wspd_cluster_redis_errors_total").await > 0.0,
