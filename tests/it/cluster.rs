@@ -1038,6 +1038,48 @@ async fn a_node_restarted_under_its_name_ends_the_calls_of_its_last_run() {
     c.wait_no_calls().await;
 }
 
+/// n2 is stopped with SIGTERM mid-call (docs/cluster.md): its calls end
+/// with 503 as for any shutdown, for the party on n1 too (within 4 s);
+/// it leaves the cluster (the others count one node less); an invite to
+/// a user who was only on n2 then gets 480 at once; the call between n1
+/// and n3 goes on.
+#[tokio::test]
+async fn a_node_stopped_with_sigterm_ends_its_calls_with_503_and_leaves() {
+    let bound = Duration::from_secs(4);
+    let mut c = Cluster::start("node-term", 3, Some("1s")).await;
+    let mut alice = c.node(0).connect(ALICE).await;
+    let mut bob = c.node(1).connect(BOB).await;
+    let mut carol = c.node(0).connect("carol@localhost").await;
+    let mut dave = c.node(2).connect("dave@localhost").await;
+    c.settle().await;
+    answered_call(&mut alice, &mut bob, ALICE, BOB, "xterm-001").await;
+    answered_call(
+        &mut carol,
+        &mut dave,
+        "carol@localhost",
+        "dave@localhost",
+        "xterm-002",
+    )
+    .await;
+
+    let mut n2 = c.nodes[1].take().unwrap();
+    n2.wspd.signal("TERM");
+    let (a, b) = tokio::join!(
+        bye_within(&mut alice, 503, "xterm-001", bound),
+        bye_within(&mut bob, 503, "xterm-001", bound),
+    );
+    assert!(a < bound && b < bound, "503 after {a:?} and {b:?}");
+    assert!(n2.wspd.wait().await.success(), "n2 exits cleanly");
+    c.wait_nodes(2).await;
+
+    still_relays(&mut carol, &mut dave, "xterm-002", 3).await;
+    alice.send(invite(ALICE, BOB, "xterm-003")).await;
+    let took = bye_within(&mut alice, 480, "xterm-003", bound).await;
+    assert!(took < bound, "480 after {took:?}");
+    hang_up(&mut carol, &mut dave, "xterm-002").await;
+    c.wait_no_calls().await;
+}
+
 // ---- Redis dies and comes back ----
 
 /// Places a call from `a` (user `caller`) to `b` (user `callee`, on
