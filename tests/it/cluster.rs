@@ -6,6 +6,9 @@
 //!
 //! Nothing here sleeps to let something happen: every wait polls an
 //! observable condition (a frame, a metric, `/healthz`) with a deadline.
+//! Presence crosses the cluster through Redis: tests call
+//! [`Cluster::settle`] after connecting their users, except the one test
+//! of that race itself. A failed test prints the nodes' last log lines.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -903,7 +906,7 @@ async fn thirty_parallel_calls_keep_every_frame_once_and_in_order() {
 /// for a loaded machine, still far below the 60-s ring timeout that a
 /// missing bye would end in. The call between n1 and n2 goes on; bob,
 /// whose only socket was on n3, is offline (480, at once) until he comes
-/// back on n2.
+/// back on n2; ivy, with devices on n2 and n3, is called on n2 alone.
 #[tokio::test]
 async fn a_killed_node_ends_its_calls_with_410_and_no_other() {
     const BOUND: Duration = Duration::from_secs(5);
