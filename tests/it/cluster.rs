@@ -1337,6 +1337,7 @@ async fn federation_link_lands_on_the_node_without_the_callee() {
 
     c.wait_no_calls().await;
     assert_eq!(a.metric("wspd_calls_active").await, 0.0);
+    std::fs::remove_dir_all(&net.dir).unwrap();
 }
 
 /// A call from another domain forks to the callee's devices on both
@@ -1381,4 +1382,5 @@ async fn federated_call_forks_to_devices_on_both_nodes() {
         1.0,
         "a.test's link on n1"
     );
+    std::fs::remove_dir_all(&net.dir).unwrap();
 }
