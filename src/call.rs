@@ -153,9 +153,10 @@ impl Call {
     /// Marks a call whose caller is another node of this domain, which
     /// forked it to the devices here. That node ends it before an answer
     /// with bye 200 when a device it holds answered, 603 when one
-    /// declined, and 487 when the caller cancelled: the devices here hear
-    /// "answered elsewhere", "declined elsewhere" or "cancelled", as the
-    /// callee's other devices do on one node.
+    /// declined, 408 when it rang too long, and 487 when the caller
+    /// cancelled: the devices here hear "answered elsewhere", "declined
+    /// elsewhere", "no answer" or "cancelled", as the callee's other
+    /// devices do on one node.
     pub fn forked(&mut self) {
         self.forked = true;
     }
@@ -315,6 +316,7 @@ impl Call {
                 let why = match code {
                     ByeCode::OK if self.forked => ServerBye::ANSWERED_ELSEWHERE,
                     ByeCode::DECLINED if self.forked => ServerBye::DECLINED_ELSEWHERE,
+                    ByeCode::TIMEOUT if self.forked => ServerBye::NO_ANSWER,
                     _ => ServerBye::CANCELLED,
                 };
                 if let Phase::Ringing { devices, .. } = &self.phase {
@@ -584,7 +586,7 @@ mod tests {
 
     #[test]
     fn a_forked_call_hears_how_it_ended_elsewhere() {
-        for (code, heard) in [(200, 200), (603, 603), (487, 487), (480, 487)] {
+        for (code, heard) in [(200, 200), (603, 603), (408, 408), (487, 487), (480, 487)] {
             let mut c = start(&[B1, B2]);
             c.forked();
             c.handle(b(B1, 486));

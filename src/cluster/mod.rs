@@ -31,7 +31,7 @@ mod node;
 mod presence;
 pub mod wire;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
@@ -51,12 +51,16 @@ use crate::call::PeerId;
 use crate::config::{self, Limits};
 use crate::frame::ServerBye;
 use crate::metrics::Metrics;
-use crate::peer::{Bounds, Peer};
+use crate::peer::{Bounds, Out, Peer};
 use crate::router::{Nodes, Router};
 
 use node::{NodeLink, Why};
 use presence::Presence;
 use wire::{Seen, Sequence};
+
+/// The body of a node's acknowledgement of another's presence message
+/// (`ack EPOCH SEQ`), sent on that node's channel; frames start with `[`.
+const ACK: &str = "ack ";
 
 /// How long one Redis command (or pipeline) may take.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -118,8 +122,10 @@ pub struct Cluster {
     conn: RwLock<Option<ConnectionManager>>,
     metrics: Arc<Metrics>,
     router: OnceLock<Weak<Router>>,
-    /// The other nodes alive at the last look.
-    live: RwLock<HashSet<String>>,
+    /// The other nodes alive at the last look, with the value of their
+    /// liveness key (the process's incarnation: a node restarted under its
+    /// name has a new one).
+    live: RwLock<HashMap<String, String>>,
     presence: Presence,
     peers: DashMap<String, NodeLink>,
     /// The next number of the frames for each other node.
@@ -132,6 +138,12 @@ pub struct Cluster {
     /// 101 waits until its user's presence is out ([`Cluster::presence_written`]).
     presence_queued: AtomicU64,
     presence_done: tokio::sync::watch::Sender<u64>,
+    /// The number of the last presence message published (this epoch).
+    presence_published: AtomicU64,
+    /// What each other node has applied of this node's presence: its
+    /// acknowledgement (epoch, number); bumped on each.
+    presence_acks: Mutex<HashMap<String, (u64, u64)>>,
+    acked: tokio::sync::watch::Sender<u64>,
     presence_epoch: AtomicU64,
     presence_seq: AtomicU64,
     /// The subscription is up: announcing is allowed.
@@ -180,7 +192,7 @@ impl Cluster {
             conn: RwLock::new(None),
             metrics,
             router: OnceLock::new(),
-            live: RwLock::new(HashSet::new()),
+            live: RwLock::new(HashMap::new()),
             presence: Presence::default(),
             peers: DashMap::new(),
             out_seq: DashMap::new(),
@@ -189,6 +201,9 @@ impl Cluster {
             presence_dirty: AtomicBool::new(false),
             presence_queued: AtomicU64::new(0),
             presence_done: tokio::sync::watch::Sender::new(0),
+            presence_published: AtomicU64::new(0),
+            presence_acks: Mutex::new(HashMap::new()),
+            acked: tokio::sync::watch::Sender::new(0),
             presence_epoch: AtomicU64::new(rand::random::<u32>() as u64),
             presence_seq: AtomicU64::new(0),
             subscribed: AtomicBool::new(false),
@@ -304,6 +319,21 @@ impl Cluster {
         link.peer.clone()
     }
 
+    /// Another node started again (its frames carry a new epoch): the peer
+    /// that carried the calls of its last run, if it is that one, ends. A
+    /// peer made for the new run (to call it before it sent anything) is
+    /// kept.
+    fn end_last_run(&self, name: &str, epoch: u64) -> Option<CancellationToken> {
+        let l = self.peers.get(name)?;
+        let had = l.epoch.load(Ordering::Relaxed);
+        if had == 0 || had == epoch {
+            return None;
+        }
+        info!(parent: &self.span, node = %name, "another node started again: ending the calls with its last run");
+        l.end(Why::Dead);
+        Some(l.ended.clone())
+    }
+
     /// A node peer's task ended: it leaves the list (unless replaced).
     fn forget_peer(&self, name: &str, id: PeerId) {
         self.peers.remove_if(name, |_, l| l.peer.id == id);
@@ -409,10 +439,7 @@ impl Cluster {
             .see(m.epoch, m.seq);
         let ending = match seen {
             Seen::InOrder => None,
-            Seen::NewEpoch { .. } if known => {
-                info!(parent: &self.span, node = %m.node, "another node started again: ending the calls with its last run");
-                self.end_peer(m.node, Why::Dead)
-            }
+            Seen::NewEpoch { .. } if known => self.end_last_run(m.node, m.epoch),
             Seen::NewEpoch { first } => {
                 if !first {
                     debug!(parent: &self.span, node = %m.node, seq = m.seq, "first frame seen from a node is not its first");
@@ -430,11 +457,21 @@ impl Cluster {
         if let Some(ended) = ending {
             let _ = tokio::time::timeout(REDIS_TIMEOUT, ended.cancelled()).await;
         }
+        if let Some(ack) = m.body.strip_prefix(ACK) {
+            self.acked(m.node, ack);
+            return;
+        }
         let peer = self.peer_for_node(&router, m.node);
-        let span = self
-            .peers
-            .get(m.node)
-            .map_or_else(|| self.span.clone(), |l| l.span.clone());
+        let span = match self.peers.get(m.node) {
+            Some(l) => {
+                // The peer now belongs to this run of that node.
+                let _ = l
+                    .epoch
+                    .compare_exchange(0, m.epoch, Ordering::Relaxed, Ordering::Relaxed);
+                l.span.clone()
+            }
+            None => self.span.clone(),
+        };
         node::on_frame(&router, &peer, m.body, &span);
     }
 
@@ -471,6 +508,40 @@ impl Cluster {
                 self.read_users(&node).await;
             }
         }
+        // Applied: that node may answer its new sockets' upgrades.
+        if let (Some(me), Some(router)) = (self.me.upgrade(), self.router()) {
+            let ack = format!("{ACK}{:x} {}", m.epoch, m.seq);
+            me.peer_for_node(&router, m.node)
+                .deliver(Out::Frame(ack.into()), &self.metrics);
+        }
+    }
+
+    /// Another node has applied this node's presence up to `seq` of
+    /// `epoch`.
+    fn acked(&self, node: &str, body: &str) {
+        let mut parts = body.split(' ');
+        let (Some(Ok(epoch)), Some(Ok(seq))) = (
+            parts.next().map(|e| u64::from_str_radix(e, 16)),
+            parts.next().map(str::parse::<u64>),
+        ) else {
+            return;
+        };
+        self.presence_acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.to_string(), (epoch, seq));
+        self.acked.send_modify(|n| *n += 1);
+    }
+
+    /// Whether every live node has applied this node's presence up to
+    /// `seq` of `epoch`.
+    fn all_acked(&self, epoch: u64, seq: u64) -> bool {
+        let acks = self.presence_acks.lock().unwrap_or_else(|e| e.into_inner());
+        self.live
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .all(|n| acks.get(n).is_some_and(|&(e, s)| e == epoch && s >= seq))
     }
 
     /// Reads node `name`'s users from Redis into the presence copy.
@@ -511,6 +582,7 @@ impl Cluster {
             return;
         }
         self.presence_seq.store(1, Ordering::Relaxed);
+        self.presence_published.store(0, Ordering::Relaxed);
         self.announced.store(true, Ordering::Relaxed);
         drop(guard);
         info!(parent: &self.span, users = users.len(), "announced this node to the cluster");
@@ -607,7 +679,7 @@ impl Cluster {
             return;
         };
         let others: Vec<String> = members.into_iter().filter(|m| *m != self.node).collect();
-        let mut alive = HashSet::new();
+        let mut alive = HashMap::new();
         if !others.is_empty() {
             let mut p = redis::pipe();
             p.cmd("MGET")
@@ -617,8 +689,8 @@ impl Cluster {
             };
             let mut clean = redis::pipe();
             for (name, key) in others.iter().zip(keys) {
-                if key.is_some() {
-                    alive.insert(name.clone());
+                if let Some(incarnation) = key {
+                    alive.insert(name.clone(), incarnation);
                 } else {
                     clean.srem(self.keys.nodes(), name).ignore();
                     clean.del(self.keys.users(name)).ignore();
@@ -628,17 +700,41 @@ impl Cluster {
                 let _ = self.run::<()>(&clean).await;
             }
         }
-        let dead: Vec<String> = {
+        // Gone, or started again under its name (its last run is dead).
+        let (dead, restarted): (Vec<String>, Vec<(String, u64)>) = {
             let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
-            let dead = live.difference(&alive).cloned().collect();
+            let dead = live
+                .keys()
+                .filter(|n| !alive.contains_key(*n))
+                .cloned()
+                .collect();
+            let restarted = live
+                .iter()
+                .filter_map(|(n, inc)| {
+                    let now = alive.get(n).filter(|now| *now != inc)?;
+                    Some((n.clone(), u64::from_str_radix(now, 16).unwrap_or(0)))
+                })
+                .collect();
             *live = alive;
             self.metrics.cluster_nodes.set(live.len() as i64 + 1);
-            dead
+            (dead, restarted)
         };
         for name in &dead {
             info!(parent: &self.span, node = %name, "node dead: its calls end and its users are forgotten");
             self.presence.drop_node(name);
             self.end_peer(name, Why::Dead);
+        }
+        for (name, incarnation) in &restarted {
+            // Unless the peer already carries the new run's calls.
+            let current = self
+                .peers
+                .get(name)
+                .is_some_and(|l| l.epoch.load(Ordering::Relaxed) == *incarnation);
+            if !current {
+                info!(parent: &self.span, node = %name, "node started again: the calls of its last run end");
+                self.end_peer(name, Why::Dead);
+            }
+            self.read_users(name).await;
         }
     }
 
@@ -646,7 +742,7 @@ impl Cluster {
         self.live
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
+            .keys()
             .cloned()
             .collect()
     }
@@ -703,22 +799,38 @@ impl Cluster {
             .ignore();
             if self.run::<()>(&p).await.is_none() {
                 self.presence_dirty.store(true, Ordering::Relaxed);
+            } else {
+                self.presence_published.fetch_max(seq, Ordering::Relaxed);
             }
             self.presence_done.send_modify(|d| *d += n as u64);
         }
     }
 
-    /// Waits (at most [`REDIS_TIMEOUT`]) until the presence changes queued
-    /// so far are written and published: a socket is answered its 101 once
-    /// the other nodes have been told of it, so that a call placed from
-    /// another node right after reaches it, as on one node.
+    /// Waits (at most [`REDIS_TIMEOUT`] in all) until the presence changes
+    /// queued so far are written, published and applied by every live node
+    /// (each acknowledges what it applied): a socket is answered its 101
+    /// once the other nodes know of it, so that a call placed from another
+    /// node right after reaches it, as on one node.
     pub async fn presence_written(&self) {
         if !self.healthy() {
             return;
         }
+        let deadline = tokio::time::Instant::now() + REDIS_TIMEOUT;
         let target = self.presence_queued.load(Ordering::Relaxed);
         let mut done = self.presence_done.subscribe();
-        let _ = tokio::time::timeout(REDIS_TIMEOUT, done.wait_for(|d| *d >= target)).await;
+        let _ = tokio::time::timeout_at(deadline, done.wait_for(|d| *d >= target)).await;
+        // Published; now applied by every live node (they acknowledge).
+        let epoch = self.presence_epoch.load(Ordering::Relaxed);
+        let seq = self.presence_published.load(Ordering::Relaxed);
+        let mut acked = self.acked.subscribe();
+        let _ = tokio::time::timeout_at(deadline, async {
+            while !self.all_acked(epoch, seq) {
+                if acked.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
     }
 }
 
@@ -739,7 +851,7 @@ impl Nodes for Cluster {
             .presence
             .nodes_of(user)
             .into_iter()
-            .filter(|n| live.contains(&**n))
+            .filter(|n| live.contains_key(&**n))
             .collect();
         drop(live);
         Ok(names.iter().map(|n| me.peer_for_node(router, n)).collect())

@@ -54,6 +54,9 @@ pub struct NodeLink {
     pub span: Span,
     /// Cancelled once its task has ended its calls.
     pub ended: CancellationToken,
+    /// The other node's epoch (its run) this peer carries calls of; 0
+    /// until it has sent a frame.
+    pub epoch: std::sync::atomic::AtomicU64,
 }
 
 impl NodeLink {
@@ -65,6 +68,7 @@ impl NodeLink {
             why: why.clone(),
             span: span.clone(),
             ended: ended.clone(),
+            epoch: std::sync::atomic::AtomicU64::new(0),
         };
         (link, Ending { why, ended, span })
     }

@@ -69,6 +69,32 @@ async fn wait_metric(w: &Wspd, name: &str, want: f64) {
     }
 }
 
+/// Calls bob from alice until an invite rings (bob's presence has
+/// reached alice's node), then cancels it; bounded by [`WAIT`].
+async fn reachable(alice: &mut Client, bob: &mut Client) {
+    let start = std::time::Instant::now();
+    for i in 0.. {
+        let id = format!("gap-probe-{i:03}");
+        alice
+            .send(invite("alice@localhost", "bob@localhost", &id))
+            .await;
+        tokio::select! {
+            f = alice.recv() => assert_eq!((f[0].as_str(), &f[1]["code"]), (Some("bye"), &serde_json::json!(480)), "{f}"),
+            f = bob.recv() => {
+                assert_eq!(f[0], "invite", "{f}");
+                alice.send(bye(&id, 487)).await;
+                bob.expect_bye(487).await;
+                return;
+            }
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "bob never reachable from alice's node"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_gap_in_a_nodes_frames_ends_the_calls_between_them_on_both_sides() {
     let redis = Redis::start("gap").await;
@@ -80,6 +106,7 @@ async fn a_gap_in_a_nodes_frames_ends_the_calls_between_them_on_both_sides() {
     }
     let mut alice = Client::connect(&n1.url(), &user_token("alice@localhost")).await;
     let mut bob = Client::connect(&n2.url(), &user_token("bob@localhost")).await;
+    reachable(&mut alice, &mut bob).await;
     let id = "gap-call-01";
     answered_call(&mut alice, &mut bob, "alice@localhost", "bob@localhost", id).await;
 
