@@ -44,8 +44,6 @@ use tokio_util::sync::CancellationToken;
 use wspd::address::Address;
 use wspd::auth::Tokens;
 
-use crate::procs::ServerProc;
-
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Frames one side sends in a call.
@@ -679,6 +677,9 @@ pub struct PhaseResult {
     pub frames_verified: u64,
     pub late: u64,
     pub rate: Option<f64>,
+    /// How many of the measured processes relay each frame (every server
+    /// it crosses; by default all of them).
+    pub relayed_by: usize,
 }
 
 impl PhaseResult {
@@ -712,29 +713,27 @@ impl PhaseResult {
     /// Relays per server CPU-second: every frame is relayed once by each
     /// server it crosses.
     pub fn relays_per_cpu_s(&self) -> f64 {
-        let relays = self.calls * CALL_FRAMES * self.server_cpu.len() as u64;
+        let relays = self.calls * CALL_FRAMES * self.relayed_by as u64;
         relays as f64 / self.server_cpu_total().as_secs_f64().max(1e-9)
     }
 }
 
-fn cpus(servers: &[ServerProc]) -> anyhow::Result<Vec<Duration>> {
-    servers.iter().map(ServerProc::cpu).collect()
+fn cpus(pids: &[u32]) -> anyhow::Result<Vec<Duration>> {
+    pids.iter().map(|&p| crate::procs::cpu_of_pid(p)).collect()
 }
 
-fn switches(servers: &[ServerProc]) -> u64 {
-    servers
-        .iter()
-        .map(|s| crate::procs::switches_of(s.pid))
-        .sum()
+fn switches(pids: &[u32]) -> u64 {
+    pids.iter().map(|&p| crate::procs::switches_of(p)).sum()
 }
 
 /// Runs the first `spec.pairs` pairs for a warm-up and a measured window,
-/// then stops them and probes every socket.
+/// then stops them and probes every socket. The CPU time and context
+/// switches are those of the processes `pids` (the servers).
 pub async fn run_phase(
     pairs: &mut Vec<Pair>,
     script: &Arc<Script>,
     spec: &PhaseSpec,
-    servers: &[ServerProc],
+    pids: &[u32],
 ) -> anyhow::Result<PhaseResult> {
     anyhow::ensure!(spec.pairs <= pairs.len(), "not enough pairs connected");
     let ctl = Arc::new(Control {
@@ -760,10 +759,9 @@ pub async fn run_phase(
     let stopped = ctl.stop.clone();
     let measured = async {
         tokio::time::sleep(spec.warm).await;
-        let pids: Vec<u32> = servers.iter().map(|s| s.pid).collect();
-        let sc = crate::procs::SyscallCount::start(&pids);
-        let cpu0 = cpus(servers)?;
-        let sw0 = switches(servers);
+        let sc = crate::procs::SyscallCount::start(pids);
+        let cpu0 = cpus(pids)?;
+        let sw0 = switches(pids);
         let client0 = crate::procs::cpu_of("/proc/self/stat")?;
         let all0 = crate::procs::machine_busy()?;
         let t0 = Instant::now();
@@ -771,8 +769,8 @@ pub async fn run_phase(
         tokio::time::sleep(spec.window).await;
         ctl.measuring.store(false, Ordering::Relaxed);
         let window = t0.elapsed();
-        let cpu1 = cpus(servers)?;
-        let sw1 = switches(servers);
+        let cpu1 = cpus(pids)?;
+        let sw1 = switches(pids);
         let client1 = crate::procs::cpu_of("/proc/self/stat")?;
         let all1 = crate::procs::machine_busy()?;
         let syscalls = sc.stop();
@@ -819,16 +817,23 @@ pub async fn run_phase(
         frames_verified: ctl.frames_verified.into_inner(),
         late: ctl.late.into_inner(),
         rate: spec.rate,
+        relayed_by: pids.len(),
     })
 }
 
-/// Connects `n` pairs, `concurrency` at a time.
-pub async fn connect_pairs(n: usize, a: &Target, b: &Target) -> anyhow::Result<Vec<Pair>> {
+/// Connects `n` pairs numbered from `first` (their users are `c<i>` and
+/// `d<i>`), 64 at a time.
+pub async fn connect_pairs(
+    first: usize,
+    n: usize,
+    a: &Target,
+    b: &Target,
+) -> anyhow::Result<Vec<Pair>> {
     let mut out = Vec::with_capacity(n);
     let mut set = JoinSet::new();
-    let mut next = 0;
+    let mut next = first;
     while out.len() < n {
-        while next < n && set.len() < 64 {
+        while next < first + n && set.len() < 64 {
             let (a, b) = (a.clone(), b.clone());
             set.spawn(async move { Pair::connect(next, &a, &b).await });
             next += 1;
@@ -904,6 +909,19 @@ impl Idle {
 
 /// A GET of `/metrics` on a server; returns the value of `name`.
 pub async fn metric(target: &Target, name: &str) -> anyhow::Result<f64> {
+    let text = metrics_text(target).await?;
+    value_in(&text, name).with_context(|| format!("{name} not in {}'s metrics", target.domain))
+}
+
+/// The value of metric `name` (with its labels, if any) in an exposition.
+pub fn value_in(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A GET of `/metrics` on a server: the response, headers included.
+pub async fn metrics_text(target: &Target) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tcp = TcpStream::connect(target.addr).await?;
     let req = format!(
@@ -925,11 +943,7 @@ pub async fn metric(target: &Target, name: &str) -> anyhow::Result<f64> {
             let _ = s.read_to_end(&mut body).await;
         }
     }
-    let text = String::from_utf8_lossy(&body);
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("{name} not in {}'s metrics", target.domain))
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 #[cfg(test)]

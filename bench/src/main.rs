@@ -8,6 +8,7 @@
 //! memory from `/proc`, and checks that every frame arrives exactly once
 //! and in order. See docs/performance.md for the method and the figures.
 
+mod cluster;
 mod load;
 mod procs;
 mod report;
@@ -86,6 +87,9 @@ enum Only {
     Both,
     Local,
     Federated,
+    /// One domain on two nodes sharing a redis-server: cross-node calls
+    /// against same-node calls (not part of `both`).
+    Cluster,
 }
 
 #[derive(Subcommand)]
@@ -224,6 +228,9 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("wsp-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let script = Arc::new(Script::new());
+    if cli.only == Only::Cluster && (cli.profile_calls.is_some() || !cli.compare.is_empty()) {
+        anyhow::bail!("--profile-calls and --compare measure the local and federated setups only");
+    }
     if let Some(n) = cli.profile_calls {
         return profile_calls(&cli, n, &dir, &script).await;
     }
@@ -241,13 +248,17 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
     eprintln!("{}", report.header());
 
     let res = async {
-        if cli.only != Only::Federated {
+        if matches!(cli.only, Only::Both | Only::Local) {
             let m = run_local(&exe, &cli, &plan, &dir, &script).await?;
             report.modes.push(m);
         }
-        if cli.only != Only::Local {
+        if matches!(cli.only, Only::Both | Only::Federated) {
             let m = run_federated(&exe, &cli, &plan, &dir, &script).await?;
             report.modes.push(m);
+        }
+        if cli.only == Only::Cluster {
+            let c = cluster::run_cluster(&exe, &cli, &plan, &dir, &script).await?;
+            report.cluster = Some(c);
         }
         anyhow::Ok(())
     }
@@ -266,7 +277,7 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn secret() -> String {
+pub(crate) fn secret() -> String {
     let bits: u128 = rand::random();
     format!("bench-secret-{bits:032x}")
 }
@@ -275,7 +286,7 @@ fn secret() -> String {
 /// lifted: every bench client comes from one loopback address and each
 /// socket places hundreds of calls a second, far beyond what the defaults
 /// let one person do (the token buckets are still checked on every frame).
-fn base_config(domain: &str, secret: &str) -> String {
+pub(crate) fn base_config(domain: &str, secret: &str) -> String {
     format!(
         "domain = \"{domain}\"\nlisten = \"127.0.0.1:0\"\n\
          [auth]\nsecret = \"{secret}\"\n\
@@ -421,7 +432,7 @@ async fn profile_calls(cli: &Cli, n: u64, dir: &Path, script: &Arc<Script>) -> a
         });
     }
     let (a, b) = (&targets[0], targets.last().unwrap_or(&targets[0]));
-    let mut pairs = load::connect_pairs(10, a, b).await?;
+    let mut pairs = load::connect_pairs(0, 10, a, b).await?;
     load::fixed_calls(&mut pairs, script, 1).await?;
     let t = std::time::Instant::now();
     let calls = load::fixed_calls(&mut pairs, script, n.div_ceil(10)).await?;
@@ -452,14 +463,15 @@ async fn measure_mode(
 ) -> anyhow::Result<ModeResult> {
     let quiet = Duration::from_millis(300);
     let mut mode = ModeResult::new(name, a.scheme(), servers);
+    let pids = procs::pids(servers);
 
     // Memory per idle connection, on the caller's server.
-    procs::settle(servers, quiet, Duration::from_secs(5)).await;
+    procs::settle(&pids, quiet, Duration::from_secs(5)).await;
     let before = servers[0].rss_kib()?;
     let t = std::time::Instant::now();
     let idle = Idle::open(a, plan.idle).await?;
     let opened_in = t.elapsed();
-    procs::settle(servers, quiet, Duration::from_secs(10)).await;
+    procs::settle(&pids, quiet, Duration::from_secs(10)).await;
     let after = servers[0].rss_kib()?;
     let mem = IdleMemory {
         connections: plan.idle,
@@ -480,28 +492,28 @@ async fn measure_mode(
     mode.idle = Some(mem);
 
     // The call pairs, and a warm-up that also opens the federation link.
-    let mut pairs = load::connect_pairs(plan.max_pairs(), a, b).await?;
+    let mut pairs = load::connect_pairs(0, plan.max_pairs(), a, b).await?;
     let warm = PhaseSpec {
         pairs: pairs.len(),
         warm: Duration::ZERO,
         window: plan.warm,
         rate: None,
     };
-    let mut verified = load::run_phase(&mut pairs, script, &warm, servers)
+    let mut verified = load::run_phase(&mut pairs, script, &warm, &pids)
         .await?
         .frames_verified;
-    procs::settle(servers, quiet, Duration::from_secs(5)).await;
+    procs::settle(&pids, quiet, Duration::from_secs(5)).await;
 
     if plan.cost_only {
         idle.close().await;
-        procs::settle(servers, quiet, Duration::from_secs(10)).await;
+        procs::settle(&pids, quiet, Duration::from_secs(10)).await;
         let spec = PhaseSpec {
             pairs: plan.pairs,
             warm: plan.warm,
             window: plan.window,
             rate: None,
         };
-        let sat = load::run_phase(&mut pairs, script, &spec, servers).await?;
+        let sat = load::run_phase(&mut pairs, script, &spec, &pids).await?;
         eprintln!("  saturation: {}", report::brief(&sat, 0));
         mode.frames_verified = verified + sat.frames_verified;
         mode.saturation = Some(sat);
@@ -515,12 +527,12 @@ async fn measure_mode(
         window: plan.step,
         rate: None,
     };
-    let r = load::run_phase(&mut pairs, script, &spec, servers).await?;
+    let r = load::run_phase(&mut pairs, script, &spec, &pids).await?;
     verified += r.frames_verified;
     eprintln!("  {}", report::brief(&r, plan.idle));
     mode.with_idle = Some(r);
     idle.close().await;
-    procs::settle(servers, quiet, Duration::from_secs(10)).await;
+    procs::settle(&pids, quiet, Duration::from_secs(10)).await;
 
     // Scaling with concurrent calls.
     for &n in &plan.scaling {
@@ -530,11 +542,11 @@ async fn measure_mode(
             window: plan.step,
             rate: None,
         };
-        let r = load::run_phase(&mut pairs, script, &spec, servers).await?;
+        let r = load::run_phase(&mut pairs, script, &spec, &pids).await?;
         verified += r.frames_verified;
         eprintln!("  {}", report::brief(&r, 0));
         mode.scaling.push(r);
-        procs::settle(servers, quiet, Duration::from_secs(5)).await;
+        procs::settle(&pids, quiet, Duration::from_secs(5)).await;
     }
 
     // Saturation, then half of it.
@@ -544,10 +556,10 @@ async fn measure_mode(
         window: plan.window,
         rate: None,
     };
-    let sat = load::run_phase(&mut pairs, script, &spec, servers).await?;
+    let sat = load::run_phase(&mut pairs, script, &spec, &pids).await?;
     verified += sat.frames_verified;
     eprintln!("  saturation: {}", report::brief(&sat, 0));
-    procs::settle(servers, quiet, Duration::from_secs(5)).await;
+    procs::settle(&pids, quiet, Duration::from_secs(5)).await;
     let spec = PhaseSpec {
         pairs: plan.pairs,
         warm: plan.warm,
@@ -555,7 +567,7 @@ async fn measure_mode(
         rate: Some(sat.calls_per_s() / 2.0),
     };
     mode.saturation = Some(sat);
-    let half = load::run_phase(&mut pairs, script, &spec, servers).await?;
+    let half = load::run_phase(&mut pairs, script, &spec, &pids).await?;
     verified += half.frames_verified;
     eprintln!("  half load: {}", report::brief(&half, 0));
     mode.half = Some(half);

@@ -79,7 +79,19 @@ impl ServerProc {
         log_level: &str,
         dir: &Path,
     ) -> anyhow::Result<ServerProc> {
-        let log = dir.join(format!("{domain}.log"));
+        ServerProc::spawn_as(exe, domain, domain, log_level, dir).await
+    }
+
+    /// As [`ServerProc::spawn`], with its log in `<label>.log` (several
+    /// nodes of one domain each have their own).
+    pub async fn spawn_as(
+        exe: &Path,
+        domain: &str,
+        label: &str,
+        log_level: &str,
+        dir: &Path,
+    ) -> anyhow::Result<ServerProc> {
+        let log = dir.join(format!("{label}.log"));
         let log_file = std::fs::File::create(&log)?;
         // `WSP_BENCH_SERVER_WRAPPER="valgrind --tool=callgrind"` runs the
         // servers under a profiler (the pid stays the server's).
@@ -303,11 +315,21 @@ pub fn rss_of(path: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("{path}: no VmRSS"))
 }
 
-/// Waits until the servers have been idle (no CPU used) for `quiet`, at
+/// The process ids of some servers.
+pub fn pids(servers: &[ServerProc]) -> Vec<u32> {
+    servers.iter().map(|s| s.pid).collect()
+}
+
+/// CPU time (user + system) process `pid` has used so far.
+pub fn cpu_of_pid(pid: u32) -> anyhow::Result<Duration> {
+    cpu_of(&format!("/proc/{pid}/stat"))
+}
+
+/// Waits until the processes have been idle (no CPU used) for `quiet`, at
 /// most `max`: the work a burst left queued is done.
-pub async fn settle(servers: &[ServerProc], quiet: Duration, max: Duration) {
+pub async fn settle(pids: &[u32], quiet: Duration, max: Duration) {
     let start = std::time::Instant::now();
-    let total = || -> Duration { servers.iter().filter_map(|s| s.cpu().ok()).sum() };
+    let total = || -> Duration { pids.iter().filter_map(|&p| cpu_of_pid(p).ok()).sum() };
     let mut last = total();
     let mut still_since = std::time::Instant::now();
     while start.elapsed() < max {
@@ -320,4 +342,130 @@ pub async fn settle(servers: &[ServerProc], quiet: Duration, max: Duration) {
             return;
         }
     }
+}
+
+/// A `redis-server` for the cluster setup: on a free port of 127.0.0.1,
+/// without persistence (no RDB, no AOF: an empty database), killed when
+/// the bench ends (or dies: `kill_on_drop`). Its CPU time counts with the
+/// nodes'.
+pub struct RedisProc {
+    pub port: u16,
+    pub pid: u32,
+    /// `Redis X.Y.Z`, from `redis-server --version`.
+    pub version: String,
+    child: Child,
+}
+
+/// How long a `redis-server` may take to answer PING after it starts.
+const REDIS_START: Duration = Duration::from_secs(10);
+
+impl RedisProc {
+    /// Starts `redis-server` (from PATH) and waits until it answers PING.
+    /// A port taken between its choice and the bind is retried.
+    pub async fn start(dir: &Path) -> anyhow::Result<RedisProc> {
+        let exe = find_on_path("redis-server").context(
+            "redis-server is not on PATH: the cluster setup runs a real Redis \
+             (on Debian or Ubuntu: apt-get install redis-server)",
+        )?;
+        let version = std::process::Command::new(&exe)
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            // "Redis server v=7.0.15 sha=... malloc=...": the version.
+            .and_then(|v| {
+                v.split_whitespace()
+                    .find_map(|w| w.strip_prefix("v="))
+                    .map(|v| format!("Redis {v}"))
+            })
+            .unwrap_or_else(|| "Redis (version unknown)".into());
+        let log = dir.join("redis.log");
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let mut child = Command::new(&exe)
+                .args(["--port", &port.to_string()])
+                .args(["--bind", "127.0.0.1"])
+                .args(["--save", ""])
+                .args(["--appendonly", "no"])
+                .args(["--daemonize", "no"])
+                .arg("--dir")
+                .arg(dir)
+                .arg("--logfile")
+                .arg(&log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting {}", exe.display()))?;
+            let pid = child.id().context("redis-server pid")?;
+            let start = std::time::Instant::now();
+            loop {
+                if redis_ping(port).await {
+                    return Ok(RedisProc {
+                        port,
+                        pid,
+                        version,
+                        child,
+                    });
+                }
+                if child.try_wait()?.is_some() {
+                    // Most likely the port was taken meanwhile: another.
+                    break;
+                }
+                if start.elapsed() > REDIS_START {
+                    bail!(
+                        "redis-server on port {port} does not answer PING after {REDIS_START:?}; its log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        bail!(
+            "redis-server did not start on any of 5 free ports; its log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (SIGKILL: nothing in it is worth keeping) and waits.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// An executable `name` in a directory of PATH.
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Whether a Redis answers PING with +PONG on 127.0.0.1:`port` (within
+/// one second).
+async fn redis_ping(port: u16) -> bool {
+    use tokio::io::AsyncReadExt;
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(b"PING\r\n").await.ok()?;
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf).await.ok()?;
+        Some(&buf == b"+PONG\r\n")
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), exchange).await,
+        Ok(Some(true))
+    )
 }

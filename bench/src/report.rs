@@ -54,6 +54,181 @@ impl ModeResult {
     }
 }
 
+/// The cluster setup: cross-node calls against same-node calls, measured
+/// in one run on the same two nodes and Redis.
+pub struct ClusterResult {
+    pub nodes: Vec<String>,
+    pub redis_version: String,
+    pub cross_sat: PhaseResult,
+    pub same_sat: PhaseResult,
+    /// Both at half of the cross-node saturation rate.
+    pub cross_half: PhaseResult,
+    pub same_half: PhaseResult,
+    /// Messages the nodes published to each other per cross-node call.
+    pub messages_per_cross_call: f64,
+    pub frames_verified: u64,
+}
+
+fn p99_ms(r: &PhaseResult) -> f64 {
+    r.rec.hop.value_at_quantile(0.99) as f64 / 1000.0
+}
+
+fn p50_ms(r: &PhaseResult) -> f64 {
+    r.rec.hop.value_at_quantile(0.5) as f64 / 1000.0
+}
+
+impl ClusterResult {
+    /// Server CPU (both nodes and Redis) of a cross-node call over that of
+    /// a same-node call, at saturation.
+    pub fn cost_ratio(&self) -> f64 {
+        self.cross_sat.cpu_per_call_us() / self.same_sat.cpu_per_call_us().max(1e-9)
+    }
+
+    /// The same at half load.
+    pub fn cost_ratio_half(&self) -> f64 {
+        self.cross_half.cpu_per_call_us() / self.same_half.cpu_per_call_us().max(1e-9)
+    }
+
+    /// Hop latency p99 cross-node minus same-node, at half load, ms.
+    pub fn added_p99_ms(&self) -> f64 {
+        p99_ms(&self.cross_half) - p99_ms(&self.same_half)
+    }
+
+    pub fn added_p50_ms(&self) -> f64 {
+        p50_ms(&self.cross_half) - p50_ms(&self.same_half)
+    }
+
+    fn table(&self, o: &mut String) {
+        let _ = writeln!(
+            o,
+            "
+cluster (one domain on two nodes, {}, sharing one redis-server ({}); clients on ws://; server CPU = {} + redis-server)",
+            self.nodes.join(" and "),
+            self.redis_version,
+            self.nodes.join(" + "),
+        );
+        let _ = writeln!(
+            o,
+            "  {:<34} {:>8} {:>12} {:>20} {:>9} {:>10} {:>20} {:>22} {:>6}",
+            "load",
+            "calls/s",
+            "srv CPU/call",
+            "n1/n2/redis us/call",
+            "csw/call",
+            "client CPU",
+            "hop p50/p99/max us",
+            "setup p50/p99/max us",
+            "others"
+        );
+        let rows = [
+            (
+                format!("cross-node saturation ({} pairs)", self.cross_sat.pairs),
+                &self.cross_sat,
+            ),
+            (
+                format!("same-node saturation ({} pairs)", self.same_sat.pairs),
+                &self.same_sat,
+            ),
+            (
+                format!(
+                    "cross-node half ({:.0} calls/s)",
+                    self.cross_half.rate.unwrap_or(0.0)
+                ),
+                &self.cross_half,
+            ),
+            (
+                format!(
+                    "same-node half ({:.0} calls/s)",
+                    self.same_half.rate.unwrap_or(0.0)
+                ),
+                &self.same_half,
+            ),
+        ];
+        for (label, r) in rows {
+            let split: Vec<String> = r
+                .server_cpu
+                .iter()
+                .map(|c| format!("{:.0}", c.as_secs_f64() * 1e6 / r.calls.max(1) as f64))
+                .collect();
+            let _ = writeln!(
+                o,
+                "  {:<34} {:>8.0} {:>10.0}us {:>20} {:>9.1} {:>8.0}us {:>20} {:>22} {:>5.0}%",
+                label,
+                r.calls_per_s(),
+                r.cpu_per_call_us(),
+                split.join("/"),
+                r.switches_per_call(),
+                r.client_cpu.as_secs_f64() * 1e6 / r.calls.max(1) as f64,
+                pct_text(&r.rec.hop),
+                pct_text(&r.rec.setup),
+                r.other_load() * 100.0,
+            );
+        }
+        let _ = writeln!(
+            o,
+            "  cost: a cross-node call takes {:.2}x the server CPU of a same-node call at saturation ({:.0} / {:.0} us), {:.2}x at half load ({:.0} / {:.0} us)",
+            self.cost_ratio(),
+            self.cross_sat.cpu_per_call_us(),
+            self.same_sat.cpu_per_call_us(),
+            self.cost_ratio_half(),
+            self.cross_half.cpu_per_call_us(),
+            self.same_half.cpu_per_call_us(),
+        );
+        let _ = writeln!(
+            o,
+            "  added hop latency at half load ({:.0} calls/s both): p50 {:+.3} ms ({:.3} vs {:.3}), p99 {:+.3} ms ({:.3} vs {:.3})",
+            self.cross_half.rate.unwrap_or(0.0),
+            self.added_p50_ms(),
+            p50_ms(&self.cross_half),
+            p50_ms(&self.same_half),
+            self.added_p99_ms(),
+            p99_ms(&self.cross_half),
+            p99_ms(&self.same_half),
+        );
+        let _ = writeln!(
+            o,
+            "  through Redis: {:.1} messages per cross-node call, none for a same-node call",
+            self.messages_per_cross_call
+        );
+        let _ = writeln!(
+            o,
+            "  check: {} frames verified exactly once and in order; every socket probed clean; 0 calls left on the nodes",
+            self.frames_verified
+        );
+    }
+
+    fn json(&self) -> Value {
+        let phase = |r: &PhaseResult| {
+            let mut v = phase_json(r, 0);
+            v["server_processes"] = json!(["n1", "n2", "redis-server"]);
+            v
+        };
+        json!({
+            "nodes": self.nodes,
+            "redis": self.redis_version,
+            "transport": "ws",
+            "pairs": self.cross_sat.pairs,
+            "half_load_calls_per_s": self.cross_half.rate,
+            "cross_node": {"saturation": phase(&self.cross_sat), "half": phase(&self.cross_half)},
+            "same_node": {"saturation": phase(&self.same_sat), "half": phase(&self.same_half)},
+            "cpu_us_per_call_cross_node": self.cross_sat.cpu_per_call_us(),
+            "cpu_us_per_call_same_node": self.same_sat.cpu_per_call_us(),
+            "cost_ratio": self.cost_ratio(),
+            "cpu_us_per_call_cross_node_half": self.cross_half.cpu_per_call_us(),
+            "cpu_us_per_call_same_node_half": self.same_half.cpu_per_call_us(),
+            "cost_ratio_half": self.cost_ratio_half(),
+            "hop_p50_ms_cross_node": p50_ms(&self.cross_half),
+            "hop_p50_ms_same_node": p50_ms(&self.same_half),
+            "hop_p99_ms_cross_node": p99_ms(&self.cross_half),
+            "hop_p99_ms_same_node": p99_ms(&self.same_half),
+            "added_p50_ms": self.added_p50_ms(),
+            "added_p99_ms": self.added_p99_ms(),
+            "messages_per_cross_node_call": self.messages_per_cross_call,
+            "frames_verified": self.frames_verified,
+        })
+    }
+}
+
 pub struct Report {
     pub quick: bool,
     pub server_log: String,
@@ -61,6 +236,7 @@ pub struct Report {
     pub offer_bytes: usize,
     pub answer_bytes: usize,
     pub modes: Vec<ModeResult>,
+    pub cluster: Option<ClusterResult>,
 }
 
 /// One line while the bench runs.
@@ -181,6 +357,7 @@ impl Report {
             offer_bytes: script.offer_len(),
             answer_bytes: script.answer_len(),
             modes: Vec::new(),
+            cluster: None,
         }
     }
 
@@ -248,6 +425,20 @@ impl Report {
                 value: fed
                     .and_then(|m| m.half.as_ref())
                     .map(|r| r.rec.setup.value_at_quantile(0.99) as f64),
+                at_least: false,
+                unit: "us",
+            },
+            Goal {
+                what: "cluster: CPU of a cross-node / a same-node call (sat.)",
+                target: 1.5,
+                value: self.cluster.as_ref().map(ClusterResult::cost_ratio),
+                at_least: false,
+                unit: "x",
+            },
+            Goal {
+                what: "cluster: added hop p99 at half of saturation",
+                target: 1000.0,
+                value: self.cluster.as_ref().map(|c| c.added_p99_ms() * 1000.0),
                 at_least: false,
                 unit: "us",
             },
@@ -342,6 +533,9 @@ impl Report {
                 m.frames_verified
             );
         }
+        if let Some(c) = &self.cluster {
+            c.table(&mut o);
+        }
         let _ = writeln!(
             o,
             "\ngoals{}:",
@@ -432,8 +626,10 @@ impl Report {
                 "candidates_each_way": 8,
             },
             "modes": modes,
+            "cluster": self.cluster.as_ref().map(ClusterResult::json),
             "check": {
-                "frames_verified": self.modes.iter().map(|m| m.frames_verified).sum::<u64>(),
+                "frames_verified": self.modes.iter().map(|m| m.frames_verified).sum::<u64>()
+                    + self.cluster.as_ref().map_or(0, |c| c.frames_verified),
                 "lost": 0,
                 "duplicated": 0,
                 "reordered": 0,
