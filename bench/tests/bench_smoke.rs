@@ -1,5 +1,6 @@
 //! `wsp-bench --quick` as a smoke test: the bench starts its own servers
-//! (one domain, and two federated domains over TLS), places calls, checks
+//! (one domain, two federated domains over TLS, and, in a test of its own,
+//! two nodes of one domain on a real Redis), places calls, checks
 //! that every frame arrived exactly once and in order, and writes its JSON.
 //! A test of correctness, never of speed: no figure is compared to a goal.
 
@@ -78,5 +79,64 @@ fn quick_bench_runs_clean() {
     }
     assert_eq!(v["modes"]["local"]["transport"], "ws");
     assert_eq!(v["modes"]["federated"]["transport"], "wss");
-    assert!(v["goals"].as_array().is_some_and(|g| g.len() == 5));
+    assert!(v["goals"].as_array().is_some_and(|g| g.len() == 7));
+    assert!(
+        v["cluster"].is_null(),
+        "the cluster is measured on demand only"
+    );
+}
+
+/// `--quick --only cluster`: a real `redis-server` (tests/run.sh installs
+/// it), two nodes of one domain, cross-node and same-node calls; a few
+/// seconds.
+#[test]
+fn quick_cluster_bench_runs_clean() {
+    let json = std::env::temp_dir().join(format!(
+        "wsp-bench-smoke-cluster-{}.json",
+        std::process::id()
+    ));
+    let out = Command::new(env!("CARGO_BIN_EXE_wsp-bench"))
+        .args(["--quick", "--only", "cluster", "--json"])
+        .arg(&json)
+        .output()
+        .expect("wsp-bench starts");
+    assert!(
+        out.status.success(),
+        "wsp-bench --quick --only cluster failed\n--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&json).expect("the JSON report");
+    let _ = std::fs::remove_file(&json);
+    let v: Value = serde_json::from_str(&text).expect("the report is JSON");
+
+    assert_eq!(v["check"]["ok"], true);
+    assert!(number(&v, "/check/frames_verified") > 0.0);
+    assert!(number(&v, "/cluster/frames_verified") > 0.0);
+    assert!(v["modes"].as_object().is_some_and(|m| m.is_empty()));
+    for side in ["cross_node", "same_node"] {
+        for phase in ["saturation", "half"] {
+            let p = format!("/cluster/{side}/{phase}");
+            assert!(number(&v, &format!("{p}/calls")) >= 1.0, "{p}: no call");
+            // n1, n2 and redis-server.
+            let cpu = v
+                .pointer(&format!("{p}/server_cpu_s"))
+                .and_then(Value::as_array)
+                .expect("server_cpu_s");
+            assert_eq!(cpu.len(), 3, "{p}: CPU of both nodes and Redis");
+            number(&v, &format!("{p}/hop_latency_us/p99"));
+        }
+    }
+    for key in [
+        "cpu_us_per_call_cross_node",
+        "cpu_us_per_call_same_node",
+        "cost_ratio",
+        "hop_p99_ms_cross_node",
+        "hop_p99_ms_same_node",
+        "added_p99_ms",
+    ] {
+        number(&v, &format!("/cluster/{key}"));
+    }
+    // Every frame of a cross-node call crossed the nodes once.
+    assert_eq!(number(&v, "/cluster/messages_per_cross_node_call"), 22.0);
 }
