@@ -222,15 +222,15 @@ fn dev_ca(certs: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
 
 async fn bench(cli: Cli) -> anyhow::Result<()> {
     let plan = Plan::new(&cli);
+    if cli.only == Only::Cluster && (cli.profile_calls.is_some() || !cli.compare.is_empty()) {
+        anyhow::bail!("--profile-calls and --compare measure the local and federated setups only");
+    }
     procs::COUNT_SYSCALLS.store(cli.count_syscalls, std::sync::atomic::Ordering::Relaxed);
     let needed = (plan.idle + 2 * plan.max_pairs() + 256) as u64;
     let nofile = raise_nofile(needed)?;
     let dir = std::env::temp_dir().join(format!("wsp-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let script = Arc::new(Script::new());
-    if cli.only == Only::Cluster && (cli.profile_calls.is_some() || !cli.compare.is_empty()) {
-        anyhow::bail!("--profile-calls and --compare measure the local and federated setups only");
-    }
     if let Some(n) = cli.profile_calls {
         return profile_calls(&cli, n, &dir, &script).await;
     }
