@@ -80,6 +80,16 @@ pub enum ClusterError {
     Url(String),
 }
 
+/// What the presence writer does, in order: it alone writes this node's
+/// presence, so that no lock is needed across the writes.
+enum PresenceOp {
+    /// A user has its first socket here (`true`), or its last one left.
+    Change(Address, bool),
+    /// Write this node again (liveness, membership, all its users, a new
+    /// epoch); answers whether Redis took it.
+    Announce(tokio::sync::oneshot::Sender<bool>),
+}
+
 /// The names of what the cluster keeps in Redis.
 pub struct Keys {
     prefix: String,
@@ -130,8 +140,8 @@ pub struct Cluster {
     peers: DashMap<String, NodeLink>,
     /// The next number of the frames for each other node.
     out_seq: DashMap<String, u64>,
-    presence_tx: mpsc::Sender<(Address, bool)>,
-    presence_rx: Mutex<Option<mpsc::Receiver<(Address, bool)>>>,
+    presence_tx: mpsc::Sender<PresenceOp>,
+    presence_rx: Mutex<Option<mpsc::Receiver<PresenceOp>>>,
     /// Changes were lost: write the whole set again.
     presence_dirty: AtomicBool,
     /// Changes queued so far, and (below) written so far: a new socket's
@@ -153,8 +163,6 @@ pub struct Cluster {
     announced: AtomicBool,
     /// Redis answers: the other nodes can be reached.
     healthy: AtomicBool,
-    /// Held while this node's presence is written (announce or changes).
-    writing: tokio::sync::Mutex<()>,
     bounds: Bounds,
     max_message: usize,
     span: Span,
@@ -209,7 +217,6 @@ impl Cluster {
             subscribed: AtomicBool::new(false),
             announced: AtomicBool::new(false),
             healthy: AtomicBool::new(false),
-            writing: tokio::sync::Mutex::new(()),
             bounds: Bounds {
                 messages: node::NODE_OUTBOX,
                 bytes: limits.link_outbox_bytes,
@@ -558,8 +565,30 @@ impl Cluster {
     /// (from memory), starts a new presence epoch (the others then read its
     /// users), and reads the other nodes' users.
     async fn announce(&self) {
-        let Some(router) = self.router() else { return };
-        let guard = self.writing.lock().await;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self
+            .presence_tx
+            .send(PresenceOp::Announce(tx))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if rx.await != Ok(true) {
+            return;
+        }
+        self.set_healthy(true);
+        self.look().await;
+        for name in self.live_nodes() {
+            self.read_users(&name).await;
+        }
+    }
+
+    /// The writing of [`Cluster::announce`], by the presence writer.
+    async fn write_announce(&self) -> bool {
+        let Some(router) = self.router() else {
+            return false;
+        };
         let epoch = self.presence_epoch.fetch_add(1, Ordering::Relaxed) + 1;
         let users: Vec<String> = router.local_users().iter().map(|u| u.to_string()).collect();
         let mut p = redis::pipe();
@@ -579,18 +608,13 @@ impl Cluster {
         self.presence_dirty.store(false, Ordering::Relaxed);
         if self.run::<()>(&p).await.is_none() {
             self.presence_dirty.store(true, Ordering::Relaxed);
-            return;
+            return false;
         }
         self.presence_seq.store(1, Ordering::Relaxed);
         self.presence_published.store(0, Ordering::Relaxed);
         self.announced.store(true, Ordering::Relaxed);
-        drop(guard);
         info!(parent: &self.span, users = users.len(), "announced this node to the cluster");
-        self.set_healthy(true);
-        self.look().await;
-        for name in self.live_nodes() {
-            self.read_users(&name).await;
-        }
+        true
     }
 
     // ---- Liveness ---------------------------------------------------------
@@ -767,7 +791,7 @@ impl Cluster {
 
     /// Writes this node's presence changes in batches: the set in Redis and
     /// one numbered message for the others.
-    async fn write_presence(self: Arc<Self>, mut rx: mpsc::Receiver<(Address, bool)>) {
+    async fn write_presence(self: Arc<Self>, mut rx: mpsc::Receiver<PresenceOp>) {
         let mut batch = Vec::new();
         loop {
             let n = tokio::select! {
@@ -777,18 +801,34 @@ impl Cluster {
             if n == 0 {
                 return;
             }
-            let _guard = self.writing.lock().await;
             let mut p = redis::pipe();
             let mut body = String::new();
+            let mut changes = 0u64;
             let key = self.keys.users(&self.node);
-            for (user, here) in batch.drain(..) {
-                let user = user.to_string();
-                if here {
-                    p.sadd(&key, &user).ignore();
-                } else {
-                    p.srem(&key, &user).ignore();
+            for op in batch.drain(..) {
+                match op {
+                    PresenceOp::Change(user, here) => {
+                        changes += 1;
+                        let user = user.to_string();
+                        if here {
+                            p.sadd(&key, &user).ignore();
+                        } else {
+                            p.srem(&key, &user).ignore();
+                        }
+                        wire::push_change(&mut body, &user, here);
+                    }
+                    PresenceOp::Announce(reply) => {
+                        // The changes before it are in the router's
+                        // sockets already: the announce writes them all.
+                        p = redis::pipe();
+                        body.clear();
+                        let _ = reply.send(self.write_announce().await);
+                    }
                 }
-                wire::push_change(&mut body, &user, here);
+            }
+            if body.is_empty() {
+                self.presence_done.send_modify(|d| *d += changes);
+                continue;
             }
             let epoch = self.presence_epoch.load(Ordering::Relaxed);
             let seq = self.presence_seq.fetch_add(1, Ordering::Relaxed);
@@ -802,7 +842,7 @@ impl Cluster {
             } else {
                 self.presence_published.fetch_max(seq, Ordering::Relaxed);
             }
-            self.presence_done.send_modify(|d| *d += n as u64);
+            self.presence_done.send_modify(|d| *d += changes);
         }
     }
 
@@ -858,7 +898,10 @@ impl Nodes for Cluster {
     }
 
     fn present(&self, user: &Address, here: bool) {
-        match self.presence_tx.try_send((user.clone(), here)) {
+        match self
+            .presence_tx
+            .try_send(PresenceOp::Change(user.clone(), here))
+        {
             Ok(()) => {
                 self.presence_queued.fetch_add(1, Ordering::Relaxed);
             }
