@@ -592,12 +592,7 @@ impl Cluster {
         let epoch = self.presence_epoch.fetch_add(1, Ordering::Relaxed) + 1;
         let users: Vec<String> = router.local_users().iter().map(|u| u.to_string()).collect();
         let mut p = redis::pipe();
-        p.cmd("SET")
-            .arg(self.keys.node(&self.node))
-            .arg(format!("{:x}", self.incarnation))
-            .arg("PX")
-            .arg(self.timeout.as_millis() as u64)
-            .ignore();
+        p.add_command(self.liveness()).ignore();
         p.sadd(self.keys.nodes(), &self.node).ignore();
         p.del(self.keys.users(&self.node)).ignore();
         for chunk in users.chunks(1000) {
@@ -662,16 +657,24 @@ impl Cluster {
         }
     }
 
+    /// Writes this node's liveness key: its incarnation, expiring after
+    /// `node_timeout`.
+    fn liveness(&self) -> redis::Cmd {
+        let mut c = redis::cmd("SET");
+        c.arg(self.keys.node(&self.node))
+            .arg(format!("{:x}", self.incarnation))
+            .arg("PX")
+            .arg(self.timeout.as_millis() as u64);
+        c
+    }
+
     async fn beat(&self) {
         // Renewed only if it is still there: a key gone means the others
         // declared this node dead, or Redis lost everything.
+        let mut liveness = self.liveness();
+        liveness.arg("XX");
         let mut p = redis::pipe();
-        p.cmd("SET")
-            .arg(self.keys.node(&self.node))
-            .arg(format!("{:x}", self.incarnation))
-            .arg("PX")
-            .arg(self.timeout.as_millis() as u64)
-            .arg("XX");
+        p.add_command(liveness);
         let Some((renewed,)) = self.run::<(Option<String>,)>(&p).await else {
             return;
         };

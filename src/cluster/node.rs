@@ -119,6 +119,16 @@ pub fn on_frame(router: &Arc<Router>, from: &Peer, text: &str, span: &Span) {
     }
 }
 
+/// Adds a frame for node `name` to `pipe`, with its number.
+fn publish(cluster: &Cluster, pipe: &mut redis::Pipeline, name: &str, channel: &str, text: &str) {
+    let seq = cluster.next_seq(name);
+    pipe.publish(
+        channel,
+        wire::encode(&cluster.node, cluster.incarnation, seq, text),
+    )
+    .ignore();
+}
+
 /// Publishes what is still queued, once, for a shutdown.
 async fn flush(
     cluster: &Cluster,
@@ -134,12 +144,7 @@ async fn flush(
             Out::Attach(id) => calls.push(id),
             Out::Detach(id) => calls.retain(|c| *c != id),
             Out::Frame(text) => {
-                let seq = cluster.next_seq(name);
-                pipe.publish(
-                    channel,
-                    wire::encode(&cluster.node, cluster.incarnation, seq, &text),
-                )
-                .ignore();
+                publish(cluster, &mut pipe, name, channel, &text);
                 frames += 1;
             }
         }
@@ -186,12 +191,7 @@ pub async fn run(
                 Out::Detach(id) => calls.retain(|c| *c != id),
                 Out::Frame(text) => {
                     bytes += text.len();
-                    let seq = cluster.next_seq(&name);
-                    pipe.publish(
-                        &channel,
-                        wire::encode(&cluster.node, cluster.incarnation, seq, &text),
-                    )
-                    .ignore();
+                    publish(&cluster, &mut pipe, &name, &channel, &text);
                     frames += 1;
                 }
             }
