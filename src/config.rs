@@ -486,12 +486,7 @@ fn cluster(c: RawCluster) -> Result<Cluster, ConfigError> {
         Some(n) => n,
         None => default_node_name(),
     };
-    let valid = !node.is_empty()
-        && node.len() <= 64
-        && node
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !valid {
+    if !valid_node_name(&node) {
         return Err(invalid(
             "cluster.node",
             "must be 1-64 characters of A-Z a-z 0-9 - _ .",
@@ -506,6 +501,14 @@ fn cluster(c: RawCluster) -> Result<Cluster, ConfigError> {
         node,
         node_timeout,
     })
+}
+
+/// A node name: 1-64 of `A-Z a-z 0-9 - _ .`.
+pub fn valid_node_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// The host's name (its characters a node name allows) and a random

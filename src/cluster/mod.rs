@@ -62,6 +62,9 @@ use wire::{Seen, Sequence};
 /// (`ack EPOCH SEQ`), sent on that node's channel; frames start with `[`.
 const ACK: &str = "ack ";
 
+/// The most other nodes whose messages are tracked at once.
+const MAX_NODES: usize = 256;
+
 /// How long one Redis command (or pipeline) may take.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Presence changes waiting to be written; past it, the whole set is
@@ -439,6 +442,9 @@ impl Cluster {
             return;
         };
         self.metrics.cluster_frames("received", 1);
+        if !self.room_for(seqs, m.node) {
+            return;
+        }
         let known = seqs.contains_key(m.node);
         let seen = seqs
             .entry(m.node.to_string())
@@ -482,6 +488,21 @@ impl Cluster {
         node::on_frame(&router, &peer, m.body, &span);
     }
 
+    /// Whether the numbering of sender `node` may be tracked: at most
+    /// [`MAX_NODES`] senders, those no longer alive forgotten first.
+    fn room_for(&self, seqs: &mut HashMap<String, Sequence>, node: &str) -> bool {
+        if seqs.len() < MAX_NODES || seqs.contains_key(node) {
+            return true;
+        }
+        let live = self.live.read().unwrap_or_else(|e| e.into_inner());
+        seqs.retain(|n, _| live.contains_key(n));
+        if seqs.len() < MAX_NODES {
+            return true;
+        }
+        warn!(parent: &self.span, "dropped a message: more than {MAX_NODES} nodes send to this one");
+        false
+    }
+
     /// Presence changes of another node; when some may have been missed,
     /// that node's users are read again.
     async fn presence_message(&self, raw: &[u8], seqs: &mut HashMap<String, Sequence>) {
@@ -489,7 +510,7 @@ impl Cluster {
             warn!(parent: &self.span, "dropped a presence message that does not parse");
             return;
         };
-        if m.node == self.node {
+        if m.node == self.node || !self.room_for(seqs, m.node) {
             return;
         }
         match seqs

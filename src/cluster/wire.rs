@@ -16,6 +16,8 @@
 
 use std::fmt::Write as _;
 
+use crate::config::valid_node_name;
+
 /// One message, parsed; borrows the payload.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Message<'a> {
@@ -39,7 +41,9 @@ pub fn decode(raw: &[u8]) -> Option<Message<'_>> {
     let text = std::str::from_utf8(raw).ok()?;
     let (header, body) = text.split_once('\n')?;
     let mut parts = header.split(' ');
-    let node = parts.next().filter(|n| !n.is_empty())?;
+    // What another node sends goes into logs and maps: a name as
+    // `[cluster] node` allows it, or nothing.
+    let node = parts.next().filter(|n| valid_node_name(n))?;
     let epoch = u64::from_str_radix(parts.next()?, 16).ok()?;
     let seq = parts.next()?.parse().ok()?;
     if parts.next().is_some() {
@@ -129,7 +133,15 @@ mod tests {
                 body: frame
             })
         );
-        for bad in ["", "n 1 2", "n x 2\n", "n 1 y\n", " 1 2\n", "n 1 2 3\n"] {
+        for bad in [
+            "",
+            "n 1 2",
+            "n x 2\n",
+            "n 1 y\n",
+            " 1 2\n",
+            "n 1 2 3\n",
+            "n\u{1b}[31m 1 2\n",
+        ] {
             assert_eq!(decode(bad.as_bytes()), None, "{bad:?}");
         }
         assert_eq!(decode(&[0xff, b'\n']), None);
