@@ -83,6 +83,15 @@ export declare const BACKOFF_CAP_MS = 30000;
 export declare const CONNECT_TIMEOUT_MS = 15000;
 /** How long a hung-up transferred call waits for its bye to leave, in ms. */
 export declare const LINGER_MS = 1000;
+/**
+ * How long a transferred call's connection may stay `disconnected` before
+ * the call is resumed through the servers, in ms (`failed` resumes at once).
+ */
+export declare const RESUME_DELAY_MS = 2000;
+/** How long a call may stay `resuming` before both sides give up, in ms. */
+export declare const RESUME_TIMEOUT_MS = 30000;
+/** The largest delay between two resume invites of the caller, in ms. */
+export declare const RESUME_RETRY_CAP_MS = 5000;
 export type Keyword = 'invite' | 'ringing' | 'offer' | 'answer' | 'icecandidate' | 'bye' | 'message';
 export type FrameOptions = {
     call?: string;
@@ -108,14 +117,15 @@ export type Party = {
 export type Invitation = {
     caller: Party;
     callee: Party;
+    resume?: boolean;
 };
 export type Bye = {
     code: number;
     description?: string;
 };
-export type CallState = 'inviting' | 'ringing' | 'connecting' | 'connected' | 'transferred' | 'closed';
+export type CallState = 'inviting' | 'ringing' | 'connecting' | 'connected' | 'transferred' | 'resuming' | 'closed';
 export type ConnectionState = 'new' | 'connecting' | 'connected' | 'reconnecting' | 'closed';
-export type WspErrorCode = 'missing-token' | 'invalid-token' | 'token-expired' | 'wrong-domain' | 'unknown-user' | 'connect-failed' | 'bad-url' | 'closed' | 'not-connected' | 'bad-state' | 'bad-frame' | 'unknown-call' | 'refused' | 'socket-closed' | 'buffer-full' | 'bad-message' | 'webrtc';
+export type WspErrorCode = 'missing-token' | 'invalid-token' | 'token-expired' | 'wrong-domain' | 'unknown-user' | 'connect-failed' | 'bad-url' | 'closed' | 'not-connected' | 'bad-state' | 'bad-frame' | 'unknown-call' | 'refused' | 'socket-closed' | 'buffer-full' | 'bad-message' | 'undelivered' | 'webrtc';
 export type Timers = {
     setTimeout: (callback: () => void, ms: number) => unknown;
     clearTimeout: (handle: unknown) => void;
@@ -140,6 +150,24 @@ export type WspConnectionOptions = {
      * for the socket to open; default {@link CONNECT_TIMEOUT_MS}
      */
     connectTimeout?: number;
+    /**
+     * - whether transferred calls whose
+     * connection breaks are resumed through the servers (state `resuming`);
+     * default true. When false, such a call stays `transferred` and the
+     * application decides (`onstatus` reports `disconnected`, `failed`)
+     */
+    resume?: boolean;
+    /**
+     * - ms a connection may stay
+     * `disconnected` before its call is resumed; default
+     * {@link RESUME_DELAY_MS}
+     */
+    resumeDelay?: number;
+    /**
+     * - ms a call may stay `resuming`;
+     * default {@link RESUME_TIMEOUT_MS}
+     */
+    resumeTimeout?: number;
 };
 export type TokenSource = string | (() => string | Promise<string>);
 export type CallOptions = {
@@ -195,9 +223,10 @@ export type AcceptOptions = {
  * @property {string} [name] - a display name
  */
 /**
- * The content of an `invite`.
+ * The content of an `invite`. `resume: true` asks the callee's device that
+ * holds the call of that id to restart its ICE (see {@link Call#state}).
  *
- * @typedef {{caller: Party, callee: Party}} Invitation
+ * @typedef {{caller: Party, callee: Party, resume?: boolean}} Invitation
  */
 /**
  * The content of a `bye`.
@@ -219,9 +248,18 @@ export type AcceptOptions = {
  * - `transferred`: the data channel is open and this side has sent its
  *   bye 101: all its signalling goes on the data channel, and the call no
  *   longer depends on the socket (`ontransferred` was called);
+ * - `resuming`: the transferred call's connection broke (`disconnected`
+ *   for {@link RESUME_DELAY_MS}, or `failed`), and the two sides are
+ *   finding each other again through their servers to restart ICE
+ *   (`onresuming` was called). The caller sends an invite with
+ *   `resume: true` and the call's id; the callee's device that holds the
+ *   call answers with an offer that restarts ICE. Back on the data channel
+ *   the call is `transferred` again and `ontransferred` is called again;
+ *   after {@link RESUME_TIMEOUT_MS} without success it is closed with 410.
+ *   It is the only state a call can leave backwards;
  * - `closed`: the call is over (`onclose` was called, once).
  *
- * @typedef {'inviting'|'ringing'|'connecting'|'connected'|'transferred'|'closed'} CallState
+ * @typedef {'inviting'|'ringing'|'connecting'|'connected'|'transferred'|'resuming'|'closed'} CallState
  */
 /**
  * The state of a {@link WspConnection}:
@@ -257,9 +295,12 @@ export type AcceptOptions = {
  *   (close 1002, 1003, 1007, 1008 or 1009); the connection reconnects;
  * - `buffer-full`: a bounded buffer is full; the item was dropped;
  * - `bad-message`: `send()` was given something JSON cannot encode;
+ * - `undelivered`: a call ended while messages given to `send()` still
+ *   waited for its data channel (before the transfer, or while resuming);
+ *   they were not sent, and `undelivered` holds them, in order;
  * - `webrtc`: an RTCPeerConnection operation failed (see `cause`).
  *
- * @typedef {'missing-token'|'invalid-token'|'token-expired'|'wrong-domain'|'unknown-user'|'connect-failed'|'bad-url'|'closed'|'not-connected'|'bad-state'|'bad-frame'|'unknown-call'|'refused'|'socket-closed'|'buffer-full'|'bad-message'|'webrtc'} WspErrorCode
+ * @typedef {'missing-token'|'invalid-token'|'token-expired'|'wrong-domain'|'unknown-user'|'connect-failed'|'bad-url'|'closed'|'not-connected'|'bad-state'|'bad-frame'|'unknown-call'|'refused'|'socket-closed'|'buffer-full'|'bad-message'|'undelivered'|'webrtc'} WspErrorCode
  */
 /**
  * Timers, injectable for tests.
@@ -283,6 +324,15 @@ export type AcceptOptions = {
  *   (`wss://host/wsp` gives `https://host/session`)
  * @property {number} [connectTimeout] - ms, for the session request and
  *   for the socket to open; default {@link CONNECT_TIMEOUT_MS}
+ * @property {boolean} [resume] - whether transferred calls whose
+ *   connection breaks are resumed through the servers (state `resuming`);
+ *   default true. When false, such a call stays `transferred` and the
+ *   application decides (`onstatus` reports `disconnected`, `failed`)
+ * @property {number} [resumeDelay] - ms a connection may stay
+ *   `disconnected` before its call is resumed; default
+ *   {@link RESUME_DELAY_MS}
+ * @property {number} [resumeTimeout] - ms a call may stay `resuming`;
+ *   default {@link RESUME_TIMEOUT_MS}
  */
 /**
  * An access token, or a function that returns one, called before every
@@ -335,9 +385,14 @@ export declare class WspError extends Error {
      */
     callId: string | undefined;
     /**
+     * The messages of `send()` that were not delivered (`undelivered`).
+     * @type {any[]|undefined}
+     */
+    undelivered: any[] | undefined;
+    /**
      * @param {WspErrorCode} code
      * @param {string} message
-     * @param {{status?: number, closeCode?: number, byeCode?: number, callId?: string, cause?: unknown}} [details]
+     * @param {{status?: number, closeCode?: number, byeCode?: number, callId?: string, cause?: unknown, undelivered?: any[]}} [details]
      */
     constructor(code: WspErrorCode, message: string, details?: {
         status?: number;
@@ -345,6 +400,7 @@ export declare class WspError extends Error {
         byeCode?: number;
         callId?: string;
         cause?: unknown;
+        undelivered?: any[];
     });
 }
 /**
@@ -516,18 +572,28 @@ export declare class Call {
     ontrack: ((this: Call, track: MediaStreamTrack, streams: readonly MediaStream[]) => void) | null;
     /**
      * Called with each new ICE connection state. `connected` and
-     * `completed` mean media can flow; `disconnected` may recover; after
-     * `failed` the application should hang up (a transferred call cannot
-     * restart ICE without a working path for its signalling).
+     * `completed` mean media can flow; `disconnected` may recover. A
+     * transferred call whose connection stays `disconnected` or goes
+     * `failed` is resumed by the library (state `resuming`), unless the
+     * connection option `resume` is false: the application then decides,
+     * and after `failed` should hang up.
      * @type {((this: Call, state: RTCIceConnectionState) => void) | null}
      */
     onstatus: ((this: Call, state: RTCIceConnectionState) => void) | null;
     /**
-     * Called once when this side has moved its signalling onto the data
-     * channel (state `transferred`).
+     * Called when this side has moved its signalling onto the data channel
+     * (state `transferred`): once after the call is set up, and again after
+     * each successful resume.
      * @type {((this: Call) => void) | null}
      */
     ontransferred: ((this: Call) => void) | null;
+    /**
+     * Called when a transferred call's connection broke and the call goes
+     * `resuming`: its media and messages wait until it is `transferred`
+     * again (`ontransferred`) or closed with 410 (`onclose`).
+     * @type {((this: Call) => void) | null}
+     */
+    onresuming: ((this: Call) => void) | null;
     /**
      * Called with each application message from the peer's `send()`.
      * @type {((this: Call, data: any) => void) | null}
@@ -541,7 +607,8 @@ export declare class Call {
      * `decline(code)`, 410 when the socket is lost before the transfer or
      * the data channel closes without a bye, 488 when a session
      * description is refused by WebRTC, 500 when the call could not be set
-     * up.
+     * up, 410 "Could not resume the call" when a resume took longer than
+     * the connection's `resumeTimeout`.
      * @type {((this: Call, code: number, description: string) => void) | null}
      */
     onclose: ((this: Call, code: number, description: string) => void) | null;
@@ -575,7 +642,7 @@ export declare class Call {
     state: CallState;
     /**
      * Whether this side has sent its bye 101 (state `transferred`, or
-     * `closed` after it).
+     * `closed` after it); false again while `resuming`.
      * @type {boolean}
      */
     transferred: boolean;
@@ -621,8 +688,10 @@ export declare class Call {
     /**
      * Sends an application message to the peer over the data channel, as
      * `["message", data]`; the peer's `onmessage(data)` gets it. Opaque to
-     * servers: it never goes on the socket. Before the transfer, up to
-     * {@link MAX_QUEUED_MESSAGES} messages wait for the channel.
+     * servers: it never goes on the socket. Before the transfer and while
+     * resuming, up to {@link MAX_QUEUED_MESSAGES} messages wait, and are
+     * sent in order once the channel works; if the call ends first,
+     * `onerror` gets a WspError `undelivered` holding them.
      *
      * @param {any} data - any value JSON can encode
      * @throws {WspError} `closed`, `not-connected` (the channel closed),

@@ -100,6 +100,18 @@ export const CONNECT_TIMEOUT_MS = 15000;
 /** How long a hung-up transferred call waits for its bye to leave, in ms. */
 export const LINGER_MS = 1000;
 
+/**
+ * How long a transferred call's connection may stay `disconnected` before
+ * the call is resumed through the servers, in ms (`failed` resumes at once).
+ */
+export const RESUME_DELAY_MS = 2000;
+
+/** How long a call may stay `resuming` before both sides give up, in ms. */
+export const RESUME_TIMEOUT_MS = 30000;
+
+/** The largest delay between two resume invites of the caller, in ms. */
+export const RESUME_RETRY_CAP_MS = 5000;
+
 /** Close codes with which the server says that we broke the protocol. */
 const PROTOCOL_CLOSE_CODES = new Set([1002, 1003, 1007, 1008, 1009]);
 
@@ -108,6 +120,16 @@ const CHANNEL_KEYWORDS = new Set(['offer', 'answer', 'icecandidate', 'bye', 'mes
 
 /** How many ids of ended calls are remembered, to drop their late frames. */
 const ENDED_CALLS_KEPT = 64;
+
+/**
+ * Byes that end the servers' part of a resume, not the call: the caller
+ * invites again, the callee waits for that invite (400: the servers still
+ * hold the call's id, or refused a frame; 480: no device of the callee is
+ * online; 481: the devices that got it do not hold the call, or the
+ * servers no longer know it; 410: a socket went away; 408, 502, 503, 504:
+ * the path between the servers failed).
+ */
+const RESUME_RETRY_CODES = new Set([400, 408, 410, 480, 481, 502, 503, 504]);
 
 /** Descriptions of the bye codes this library sends. */
 const BYE_DESCRIPTIONS = /** @type {Record<number, string>} */ ({
@@ -152,9 +174,10 @@ const BYE_DESCRIPTIONS = /** @type {Record<number, string>} */ ({
  */
 
 /**
- * The content of an `invite`.
+ * The content of an `invite`. `resume: true` asks the callee's device that
+ * holds the call of that id to restart its ICE (see {@link Call#state}).
  *
- * @typedef {{caller: Party, callee: Party}} Invitation
+ * @typedef {{caller: Party, callee: Party, resume?: boolean}} Invitation
  */
 
 /**
@@ -178,9 +201,18 @@ const BYE_DESCRIPTIONS = /** @type {Record<number, string>} */ ({
  * - `transferred`: the data channel is open and this side has sent its
  *   bye 101: all its signalling goes on the data channel, and the call no
  *   longer depends on the socket (`ontransferred` was called);
+ * - `resuming`: the transferred call's connection broke (`disconnected`
+ *   for {@link RESUME_DELAY_MS}, or `failed`), and the two sides are
+ *   finding each other again through their servers to restart ICE
+ *   (`onresuming` was called). The caller sends an invite with
+ *   `resume: true` and the call's id; the callee's device that holds the
+ *   call answers with an offer that restarts ICE. Back on the data channel
+ *   the call is `transferred` again and `ontransferred` is called again;
+ *   after {@link RESUME_TIMEOUT_MS} without success it is closed with 410.
+ *   It is the only state a call can leave backwards;
  * - `closed`: the call is over (`onclose` was called, once).
  *
- * @typedef {'inviting'|'ringing'|'connecting'|'connected'|'transferred'|'closed'} CallState
+ * @typedef {'inviting'|'ringing'|'connecting'|'connected'|'transferred'|'resuming'|'closed'} CallState
  */
 
 /**
@@ -218,9 +250,12 @@ const BYE_DESCRIPTIONS = /** @type {Record<number, string>} */ ({
  *   (close 1002, 1003, 1007, 1008 or 1009); the connection reconnects;
  * - `buffer-full`: a bounded buffer is full; the item was dropped;
  * - `bad-message`: `send()` was given something JSON cannot encode;
+ * - `undelivered`: a call ended while messages given to `send()` still
+ *   waited for its data channel (before the transfer, or while resuming);
+ *   they were not sent, and `undelivered` holds them, in order;
  * - `webrtc`: an RTCPeerConnection operation failed (see `cause`).
  *
- * @typedef {'missing-token'|'invalid-token'|'token-expired'|'wrong-domain'|'unknown-user'|'connect-failed'|'bad-url'|'closed'|'not-connected'|'bad-state'|'bad-frame'|'unknown-call'|'refused'|'socket-closed'|'buffer-full'|'bad-message'|'webrtc'} WspErrorCode
+ * @typedef {'missing-token'|'invalid-token'|'token-expired'|'wrong-domain'|'unknown-user'|'connect-failed'|'bad-url'|'closed'|'not-connected'|'bad-state'|'bad-frame'|'unknown-call'|'refused'|'socket-closed'|'buffer-full'|'bad-message'|'undelivered'|'webrtc'} WspErrorCode
  */
 
 /**
@@ -246,6 +281,15 @@ const BYE_DESCRIPTIONS = /** @type {Record<number, string>} */ ({
  *   (`wss://host/wsp` gives `https://host/session`)
  * @property {number} [connectTimeout] - ms, for the session request and
  *   for the socket to open; default {@link CONNECT_TIMEOUT_MS}
+ * @property {boolean} [resume] - whether transferred calls whose
+ *   connection breaks are resumed through the servers (state `resuming`);
+ *   default true. When false, such a call stays `transferred` and the
+ *   application decides (`onstatus` reports `disconnected`, `failed`)
+ * @property {number} [resumeDelay] - ms a connection may stay
+ *   `disconnected` before its call is resumed; default
+ *   {@link RESUME_DELAY_MS}
+ * @property {number} [resumeTimeout] - ms a call may stay `resuming`;
+ *   default {@link RESUME_TIMEOUT_MS}
  */
 
 /**
@@ -282,7 +326,7 @@ export class WspError extends Error {
     /**
      * @param {WspErrorCode} code
      * @param {string} message
-     * @param {{status?: number, closeCode?: number, byeCode?: number, callId?: string, cause?: unknown}} [details]
+     * @param {{status?: number, closeCode?: number, byeCode?: number, callId?: string, cause?: unknown, undelivered?: any[]}} [details]
      */
     constructor(code, message, details = {}) {
         super(message, 'cause' in details ? {cause: details.cause} : undefined);
@@ -309,6 +353,11 @@ export class WspError extends Error {
          * @type {string|undefined}
          */
         this.callId = details.callId;
+        /**
+         * The messages of `send()` that were not delivered (`undelivered`).
+         * @type {any[]|undefined}
+         */
+        this.undelivered = details.undelivered;
     }
 }
 
@@ -336,6 +385,31 @@ function isParty(v) {
  */
 function isDescription(v, types) {
     return isObject(v) && types.includes(v.type) && typeof v.sdp === 'string';
+}
+
+/**
+ * The ICE username fragment of a session description (its first
+ * `a=ice-ufrag` line), or null.
+ *
+ * @param {string|undefined} sdp
+ * @returns {string|null}
+ */
+function iceUfrag(sdp) {
+    const m = typeof sdp === 'string' ? /^a=ice-ufrag:(\S+)/m.exec(sdp) : null;
+    return m ? m[1] : null;
+}
+
+/**
+ * The state of a peer connection's transport as `connectionState` says,
+ * else as `iceConnectionState` says (`completed` is `connected`).
+ *
+ * @param {RTCPeerConnection} pc
+ * @returns {string}
+ */
+function connectivity(pc) {
+    /** @type {string} */
+    const s = pc.connectionState ?? pc.iceConnectionState;
+    return s === 'completed' ? 'connected' : s;
 }
 
 /**
@@ -635,6 +709,38 @@ export class WspConnection {
     }
 
     /**
+     * The resume settings in use (connection options, else the defaults).
+     * @internal
+     * @returns {{enabled: boolean, delay: number, timeout: number}}
+     */
+    get _resume() {
+        const o = this.#options;
+        return {
+            enabled: o.resume ?? true,
+            delay: o.resumeDelay ?? RESUME_DELAY_MS,
+            timeout: o.resumeTimeout ?? RESUME_TIMEOUT_MS,
+        };
+    }
+
+    /**
+     * The random source of the jitter.
+     * @internal
+     * @returns {() => number}
+     */
+    get _random() {
+        return this.#options.random ?? Math.random;
+    }
+
+    /**
+     * Whether the socket is open and frames can be sent.
+     * @internal
+     * @returns {boolean}
+     */
+    get _canSend() {
+        return this.#socketOpen();
+    }
+
+    /**
      * The RTCPeerConnection constructor in use.
      * @internal
      * @returns {typeof RTCPeerConnection}
@@ -768,7 +874,17 @@ export class WspConnection {
         if (this.calls.get(call.id) !== call)
             return;
         this.calls.delete(call.id);
-        this.#ended.push(call.id);
+        this.#remember(call.id);
+    }
+
+    /**
+     * Remembers the id of a call that is over for us: its late frames are
+     * dropped quietly.
+     *
+     * @param {string} id
+     */
+    #remember(id) {
+        this.#ended.push(id);
         if (this.#ended.length > ENDED_CALLS_KEPT)
             this.#ended.shift();
     }
@@ -874,6 +990,8 @@ export class WspConnection {
             this.#pending = null;
             pending?.resolve();
             invoke(this, this.onconnected);
+            for (const call of [...this.calls.values()])
+                call._socketOpened();
         });
         ws.addEventListener('message', (e) => {
             if (this.socket === ws)
@@ -1033,11 +1151,15 @@ export class WspConnection {
             this._error(new WspError('bad-frame', 'invite without options.call'));
             return;
         }
+        const invitation = /** @type {Invitation} */ (frame.content);
+        if (invitation.resume === true) {
+            this.#resumeInvited(id, invitation);
+            return;
+        }
         if (this.calls.has(id)) {
             this._error(new WspError('bad-frame', `invite for call ${id}, which exists`, {callId: id}));
             return;
         }
-        const invitation = /** @type {Invitation} */ (frame.content);
         /** @type {Party} */
         const peer = {uri: invitation.caller.uri};
         if (typeof invitation.caller.name === 'string')
@@ -1051,6 +1173,27 @@ export class WspConnection {
         call._ring();
         if (call.state === 'ringing')
             invoke(this, this.onincoming, call);
+    }
+
+    /**
+     * An invite that resumes call `id`: taken by the call when this device
+     * holds it and the caller is its peer; refused at once with bye 481
+     * otherwise, without ringing and without touching any call.
+     *
+     * @param {string} id
+     * @param {Invitation} invitation
+     */
+    #resumeInvited(id, invitation) {
+        const call = this.calls.get(id);
+        if (call?._takeResume(invitation.caller.uri))
+            return;
+        try {
+            this._send('bye', {code: 481, description: 'No such call'}, id);
+        } catch {
+            // The socket closed meanwhile: the server ends our part anyway.
+        }
+        if (!call)
+            this.#remember(id); // its later frames ("Answered elsewhere")
     }
 
     /**
@@ -1106,18 +1249,28 @@ export class Call {
     ontrack = null;
     /**
      * Called with each new ICE connection state. `connected` and
-     * `completed` mean media can flow; `disconnected` may recover; after
-     * `failed` the application should hang up (a transferred call cannot
-     * restart ICE without a working path for its signalling).
+     * `completed` mean media can flow; `disconnected` may recover. A
+     * transferred call whose connection stays `disconnected` or goes
+     * `failed` is resumed by the library (state `resuming`), unless the
+     * connection option `resume` is false: the application then decides,
+     * and after `failed` should hang up.
      * @type {((this: Call, state: RTCIceConnectionState) => void) | null}
      */
     onstatus = null;
     /**
-     * Called once when this side has moved its signalling onto the data
-     * channel (state `transferred`).
+     * Called when this side has moved its signalling onto the data channel
+     * (state `transferred`): once after the call is set up, and again after
+     * each successful resume.
      * @type {((this: Call) => void) | null}
      */
     ontransferred = null;
+    /**
+     * Called when a transferred call's connection broke and the call goes
+     * `resuming`: its media and messages wait until it is `transferred`
+     * again (`ontransferred`) or closed with 410 (`onclose`).
+     * @type {((this: Call) => void) | null}
+     */
+    onresuming = null;
     /**
      * Called with each application message from the peer's `send()`.
      * @type {((this: Call, data: any) => void) | null}
@@ -1131,7 +1284,8 @@ export class Call {
      * `decline(code)`, 410 when the socket is lost before the transfer or
      * the data channel closes without a bye, 488 when a session
      * description is refused by WebRTC, 500 when the call could not be set
-     * up.
+     * up, 410 "Could not resume the call" when a resume took longer than
+     * the connection's `resumeTimeout`.
      * @type {((this: Call, code: number, description: string) => void) | null}
      */
     onclose = null;
@@ -1166,7 +1320,7 @@ export class Call {
     state;
     /**
      * Whether this side has sent its bye 101 (state `transferred`, or
-     * `closed` after it).
+     * `closed` after it); false again while `resuming`.
      * @type {boolean}
      */
     transferred = false;
@@ -1202,6 +1356,29 @@ export class Call {
     /** @type {unknown} */
     #statsTimer = null;
     #statsGeneration = 0;
+    /** Runs out when the connection stayed `disconnected` too long. @type {unknown} */
+    #disconnectTimer = null;
+    /** Ends a resume that takes too long. @type {unknown} */
+    #resumeDeadline = null;
+    /** The caller's next resume invite. @type {unknown} */
+    #retryTimer = null;
+    /** Resume invites sent since the resume began. */
+    #retries = 0;
+    /**
+     * While resuming: whether the servers hold a call of this id that this
+     * side is a party of (the caller's invite is out, or the callee took
+     * it). Signalling goes on the socket only then.
+     */
+    #serverCall = false;
+    /** While resuming: the ICE restart's offer and answer are applied. */
+    #restarted = false;
+    /**
+     * The peer's ICE usernames replaced by a restart: descriptions and
+     * candidates that still carry them were sent before it, and arrive
+     * late on the data channel.
+     * @type {Set<string>}
+     */
+    #staleUfrags = new Set();
 
     /**
      * @internal
@@ -1288,8 +1465,10 @@ export class Call {
     /**
      * Sends an application message to the peer over the data channel, as
      * `["message", data]`; the peer's `onmessage(data)` gets it. Opaque to
-     * servers: it never goes on the socket. Before the transfer, up to
-     * {@link MAX_QUEUED_MESSAGES} messages wait for the channel.
+     * servers: it never goes on the socket. Before the transfer and while
+     * resuming, up to {@link MAX_QUEUED_MESSAGES} messages wait, and are
+     * sent in order once the channel works; if the call ends first,
+     * `onerror` gets a WspError `undelivered` holding them.
      *
      * @param {any} data - any value JSON can encode
      * @throws {WspError} `closed`, `not-connected` (the channel closed),
@@ -1306,7 +1485,7 @@ export class Call {
             throw new WspError('bad-message', 'send() needs a value JSON can encode',
                                {callId: this.id, cause: e});
         }
-        if (!this.transferred) {
+        if (!this.transferred) { // not yet, or resuming: kept until the channel works
             if (this.#messages.length >= MAX_QUEUED_MESSAGES)
                 throw new WspError('buffer-full', 'too many messages wait for the data channel',
                                    {callId: this.id});
@@ -1397,7 +1576,10 @@ export class Call {
             if ((s === 'connected' || s === 'completed') && this.state === 'connecting')
                 this.state = 'connected';
             invoke(this, this.onstatus, s);
+            if (pc.connectionState === undefined)
+                this.#connectivity();
         });
+        pc.addEventListener('connectionstatechange', () => this.#connectivity());
         pc.addEventListener('datachannel', (e) => {
             if (e.channel.label === CHANNEL_LABEL && !this.channel && this.state !== 'closed')
                 this.#adopt(e.channel);
@@ -1437,8 +1619,56 @@ export class Call {
      * @internal
      */
     _socketLost() {
-        if (!this.transferred)
+        if (this.state === 'resuming') {
+            // The servers end their part; the caller invites again once a
+            // socket is open, the callee waits for that invite.
+            this.#serverCall = false;
+            this.#restarted = false;
+            this.#checkResumed();
+        } else if (!this.transferred) {
             this.#end(410, 'Connection to the server lost', false);
+        }
+    }
+
+    /**
+     * A socket opened: a resuming caller sends its invite.
+     * @internal
+     */
+    _socketOpened() {
+        if (this.state === 'resuming' && this.direction === 'out')
+            this.#sendResume();
+    }
+
+    /**
+     * A resume invite from `callerUri` for this call's id. Taken when this
+     * is the callee's side of a transferred (or resuming) call whose peer
+     * is that caller: the ICE restart's offer goes out on the socket.
+     * @internal
+     * @param {string} callerUri
+     * @returns {boolean} whether it was taken (else the invite is refused)
+     */
+    _takeResume(callerUri) {
+        if (this.direction !== 'in' || callerUri.toLowerCase() !== this.peer.uri.toLowerCase() ||
+            !this.#conn._resume.enabled)
+            return false;
+        if (this.state === 'transferred')
+            this.#startResume(); // the caller noticed the break first
+        if (this.state !== 'resuming')
+            return false;
+        this.#serverCall = true;
+        this.#restarted = false;
+        this.#described = false;
+        const pc = /** @type {RTCPeerConnection} */ (this.pc);
+        this.#enqueue(async () => {
+            if (pc.signalingState !== 'stable') // a renegotiation of ours: the restart replaces it
+                await pc.setLocalDescription({type: 'rollback'});
+            await pc.setLocalDescription(await pc.createOffer({iceRestart: true}));
+            if (this.state !== 'resuming' || !this.#serverCall)
+                return;
+            this.#signal('offer', pc.localDescription);
+            this.#describedNow();
+        });
+        return true;
     }
 
     /**
@@ -1451,6 +1681,8 @@ export class Call {
     _receive(keyword, content, via) {
         if (this.state === 'closed')
             return;
+        if (via === 'socket' && !this.#onSocket())
+            return; // the servers forgot this call: another call's frame (a refused resume's)
         const handler = Call.#handlers[keyword];
         if (!handler) {
             this.#conn._error(new WspError('bad-frame', `${keyword} is not a frame of a call`,
@@ -1458,6 +1690,17 @@ export class Call {
             return;
         }
         handler.call(this, content, via);
+    }
+
+    /**
+     * Whether the servers hold a call of this id that this side is a
+     * party of: before both 101s, and while resuming once the resume
+     * invite is out (caller) or taken (callee).
+     *
+     * @returns {boolean}
+     */
+    #onSocket() {
+        return this.state === 'resuming' ? this.#serverCall : !(this.transferred && this.peerTransferred);
     }
 
     /**
@@ -1524,12 +1767,19 @@ export class Call {
             return;
         }
         const isOffer = description.type === 'offer';
+        const ufrag = iceUfrag(description.sdp);
+        if ((ufrag !== null && this.#staleUfrags.has(ufrag)) ||
+            (!isOffer && pc.signalingState === 'stable' && this.#staleUfrags.size > 0))
+            return; // sent before an ICE restart that replaced it: late on the data channel
         const collision = isOffer && pc.signalingState !== 'stable';
         this.#ignoreOffer = !this.#polite && collision;
         if (this.#ignoreOffer)
             return;
+        const previous = iceUfrag(pc.remoteDescription?.sdp);
         try {
             await pc.setRemoteDescription(description);
+            if (previous !== null && ufrag !== null && previous !== ufrag)
+                this.#staleUfrags.add(previous); // the peer restarted ICE
             if (!isOffer)
                 this.#negotiated = true;
             await this.#flushCandidates();
@@ -1541,6 +1791,10 @@ export class Call {
                 this.#negotiated = true;
                 this.#describedNow();
             }
+            if (this.state === 'resuming' && this.#serverCall) {
+                this.#restarted = true; // the callee has our answer, or we sent it
+                this.#checkResumed();
+            }
         } catch (e) {
             this.#webrtcFailed(e, 488);
         }
@@ -1549,8 +1803,8 @@ export class Call {
     /** Our own offer, for a renegotiation. */
     async #renegotiate() {
         const pc = this.pc;
-        if (!pc || pc.signalingState !== 'stable')
-            return; // negotiationneeded fires again when stable
+        if (!pc || pc.signalingState !== 'stable' || this.state === 'resuming')
+            return; // negotiationneeded fires again when stable (after the restart)
         await pc.setLocalDescription();
         if (this.state !== 'closed')
             this.#signal('offer', pc.localDescription);
@@ -1585,8 +1839,10 @@ export class Call {
         try {
             await (candidate === null ? pc.addIceCandidate() : pc.addIceCandidate(candidate));
         } catch (e) {
-            // Candidates of an offer we ignored (glare) are expected to fail.
-            if (!this.#ignoreOffer && this.state !== 'closed')
+            // Candidates of an offer we ignored (glare), or from before an
+            // ICE restart, are expected to fail.
+            const stale = candidate?.usernameFragment != null && this.#staleUfrags.has(candidate.usernameFragment);
+            if (!this.#ignoreOffer && !stale && this.state !== 'closed')
                 this.#conn._error(new WspError('webrtc', 'addIceCandidate failed',
                                                {callId: this.id, cause: e}));
         }
@@ -1632,7 +1888,7 @@ export class Call {
      * @throws {WspError} `not-connected`
      */
     #signal(keyword, content) {
-        if (!this.transferred) {
+        if (this.state === 'resuming' ? this.#serverCall : !this.transferred) {
             this.#conn._send(keyword, content, this.id);
             return;
         }
@@ -1666,7 +1922,8 @@ export class Call {
         ch.addEventListener('message', (e) => this.#channelMessage(e.data));
         ch.addEventListener('close', () => {
             if (this.state !== 'closed')
-                this.#end(410, 'Data channel closed', !this.transferred);
+                this.#end(410, 'Data channel closed',
+                          this.state === 'resuming' ? this.#serverCall : !this.transferred);
         });
         if (ch.readyState === 'open')
             this.#channelOpen(); // a received channel may be open already
@@ -1674,14 +1931,28 @@ export class Call {
 
     /** The data channel is open: hand signalling over to it (bye 101). */
     #channelOpen() {
-        if (this.transferred || this.state === 'closed')
+        if (this.transferred || this.state === 'closed' || this.state === 'resuming')
             return;
-        try {
-            this.#conn._send('bye', {code: 101, description: BYE_DESCRIPTIONS[101]}, this.id);
-        } catch (e) {
-            // Unreachable in practice: a lost socket ends untransferred
-            // calls first. The peer learns of the transfer from our frames.
-            this.#conn._error(/** @type {WspError} */ (e));
+        this.#handOver(true);
+    }
+
+    /**
+     * Moves signalling onto the data channel: sends bye 101 on the socket
+     * (when the servers hold the call), sends the messages that waited,
+     * and calls `ontransferred`.
+     *
+     * @param {boolean} throughServers
+     */
+    #handOver(throughServers) {
+        if (throughServers) {
+            try {
+                this.#conn._send('bye', {code: 101, description: BYE_DESCRIPTIONS[101]}, this.id);
+            } catch (e) {
+                // Unreachable in practice: a lost socket ends untransferred
+                // calls (and the servers' part of a resume) first. The peer
+                // learns of the transfer from our frames.
+                this.#conn._error(/** @type {WspError} */ (e));
+            }
         }
         this.transferred = true;
         this.state = 'transferred';
@@ -1719,6 +1990,116 @@ export class Call {
     }
 
     /**
+     * The connection's state changed. A transferred call resumes when it
+     * is `failed`, or still `disconnected` after the resume delay; a
+     * resuming one goes back to its channel once `connected`.
+     */
+    #connectivity() {
+        const pc = this.pc;
+        if (!pc || this.state === 'closed')
+            return;
+        const s = connectivity(pc);
+        const timers = this.#conn._timers;
+        if (s === 'connected') {
+            if (this.#disconnectTimer !== null)
+                timers.clearTimeout(this.#disconnectTimer);
+            this.#disconnectTimer = null;
+            this.#checkResumed();
+            return;
+        }
+        const settings = this.#conn._resume;
+        if (this.state !== 'transferred' || !settings.enabled)
+            return;
+        if (s === 'failed') {
+            this.#startResume();
+        } else if (s === 'disconnected' && this.#disconnectTimer === null) {
+            this.#disconnectTimer = timers.setTimeout(() => {
+                this.#disconnectTimer = null;
+                const now = connectivity(pc);
+                if (this.state === 'transferred' && (now === 'disconnected' || now === 'failed'))
+                    this.#startResume();
+            }, settings.delay);
+        }
+    }
+
+    /** The transferred call's connection broke: find the peer again through the servers. */
+    #startResume() {
+        const timers = this.#conn._timers;
+        if (this.#disconnectTimer !== null)
+            timers.clearTimeout(this.#disconnectTimer);
+        this.#disconnectTimer = null;
+        this.state = 'resuming';
+        this.transferred = false;
+        this.peerTransferred = false;
+        this.#serverCall = false;
+        this.#restarted = false;
+        this.#retries = 0;
+        this.#resumeDeadline = timers.setTimeout(() => {
+            this.#resumeDeadline = null;
+            if (this.state === 'resuming')
+                this.#end(410, 'Could not resume the call', true);
+        }, this.#conn._resume.timeout);
+        invoke(this, this.onresuming);
+        if (this.direction === 'out')
+            this.#sendResume();
+    }
+
+    /**
+     * The caller's resume invite, when the socket is open and no invite
+     * or retry is pending; otherwise the socket's opening or the retry
+     * timer sends it.
+     */
+    #sendResume() {
+        if (this.state !== 'resuming' || this.#serverCall || this.#retryTimer !== null || !this.#conn._canSend)
+            return;
+        /** @type {Invitation} */
+        const invitation = {caller: {uri: /** @type {string} */ (this.#conn.user)}, callee: {uri: this.peer.uri},
+                            resume: true};
+        try {
+            this.#conn._send('invite', invitation, this.id);
+        } catch (e) {
+            this.#conn._error(/** @type {WspError} */ (e));
+            return;
+        }
+        this.#retries++;
+        this.#serverCall = true;
+        this.#restarted = false;
+        this.#described = false; // our candidates wait for our answer
+    }
+
+    /** The resume invite was refused for now: another one after a backoff. */
+    #retryResume() {
+        if (this.state !== 'resuming' || this.#retryTimer !== null)
+            return;
+        const delay = Math.min(RESUME_RETRY_CAP_MS, backoffDelay(this.#retries, this.#conn._random));
+        this.#retryTimer = this.#conn._timers.setTimeout(() => {
+            this.#retryTimer = null;
+            this.#sendResume();
+        }, delay);
+    }
+
+    /** A resuming call whose connection works goes back on its data channel. */
+    #checkResumed() {
+        const pc = this.pc;
+        if (this.state !== 'resuming' || !pc || connectivity(pc) !== 'connected' ||
+            this.channel?.readyState !== 'open')
+            return;
+        if (this.#serverCall && !this.#restarted)
+            return; // an ICE restart is being negotiated: it finishes first
+        const timers = this.#conn._timers;
+        for (const timer of [this.#resumeDeadline, this.#retryTimer]) {
+            if (timer !== null)
+                timers.clearTimeout(timer);
+        }
+        this.#resumeDeadline = this.#retryTimer = null;
+        const throughServers = this.#serverCall;
+        this.#serverCall = false;
+        if (!throughServers)
+            this.peerTransferred = true; // the servers hold nothing of this call
+        this.#handOver(throughServers);
+    }
+
+    /**
      * A bye for this call.
      *
      * @param {Bye} bye
@@ -1730,6 +2111,23 @@ export class Call {
             if (via === 'socket')
                 this.peerTransferred = true;
             return;
+        }
+        if (via === 'socket' && RESUME_RETRY_CODES.has(bye.code)) {
+            if (this.state === 'resuming') {
+                // The servers' part of the resume is over, not the call.
+                this.#serverCall = false;
+                this.#restarted = false;
+                if (this.direction === 'out')
+                    this.#retryResume();
+                this.#checkResumed();
+                return;
+            }
+            if (bye.code === 410 && this.transferred && this.#staleUfrags.size > 0) {
+                // A resumed call back on its channel: the peer's socket
+                // went before its 101, but a resuming peer keeps its call.
+                this.peerTransferred = true;
+                return;
+            }
         }
         if (via === 'socket' && (bye.code === 400 || bye.code === 481)) {
             // These refuse one frame of ours. Only an invite's refusal, or
@@ -1764,14 +2162,21 @@ export class Call {
         }
         const linger = send && this.transferred && this.channel?.readyState === 'open';
         this.state = 'closed';
-        if (this.#statsTimer !== null)
-            this.#conn._timers.clearTimeout(this.#statsTimer);
-        this.#statsTimer = null;
+        const timers = this.#conn._timers;
+        for (const timer of [this.#statsTimer, this.#disconnectTimer, this.#resumeDeadline, this.#retryTimer]) {
+            if (timer !== null)
+                timers.clearTimeout(timer);
+        }
+        this.#statsTimer = this.#disconnectTimer = this.#resumeDeadline = this.#retryTimer = null;
         this.#statsGeneration++;
         this.#pendingCandidates.length = 0;
         this.#localCandidates.length = 0;
-        this.#messages.length = 0;
+        const undelivered = this.#messages.splice(0).map((text) => JSON.parse(text)[1]);
         this.#conn._forget(this);
+        if (undelivered.length > 0)
+            this.#conn._error(new WspError('undelivered',
+                `${undelivered.length} message(s) given to send() were not delivered: the call ended`,
+                {callId: this.id, undelivered}));
         if (linger)
             this.#closeAfterBye();
         else

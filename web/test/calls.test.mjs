@@ -403,11 +403,13 @@ test('after the answer, bye 400 only refuses a frame; 481 ends a call still on t
   assert.deepEqual(got, [481, 'No such call']);
 });
 
-test('on a transferred call, a bye from the peer on the channel ends it; a socket 481 does not', async () => {
+test('on a transferred call, a bye from the peer on the channel ends it; socket byes are dropped', async () => {
   const { alice, bob, out, incoming } = await pair();
-  alice.socket.deliver(['bye', { code: 481, description: 'No such call' }, { call: out.id }]);
+  // Both sides transferred: the servers forgot the call, so a frame for
+  // its id on the socket belongs to another call through the servers.
+  for (const code of [481, 410, 200]) alice.socket.deliver(['bye', { code, description: 'not this call' }, { call: out.id }]);
   assert.equal(out.state, 'transferred');
-  assert.deepEqual(alice.errors.map((e) => [e.code, e.byeCode]), [['refused', 481]]);
+  assert.deepEqual(alice.errors, []);
   let got = null;
   out.onclose = (c, d) => {
     got = [c, d];

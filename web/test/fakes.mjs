@@ -141,6 +141,7 @@ export class FakeServer {
     this.sockets = [];
     this.calls = new Map();
     this.sessionStatus = null; // force the status of GET /session
+    this.unreachable = new Set(); // users whose sockets fail to open (their network is away)
     this.iceServers = [];
     const server = this;
     this.WebSocket = class extends FakeWebSocket {
@@ -164,7 +165,7 @@ export class FakeServer {
   #connect(ws) {
     if (ws.readyState !== 0) return;
     const user = this.tokens.get(ws.token);
-    if (!this.up || !user) return ws.refuse();
+    if (!this.up || !user || this.unreachable.has(user)) return ws.refuse();
     ws.user = user;
     ws.onsend = (text) => this.#received(ws, JSON.parse(text));
     this.sockets.push(ws);
@@ -217,9 +218,11 @@ export class FakeServer {
 
   #handle(ws, [keyword, content, options]) {
     const id = options?.call;
-    this.log.push({ from: ws.user, keyword, content, id });
+    this.log.push({ from: ws.user, keyword, content, id, ws });
+    this.onframe?.(this.log.at(-1));
     const relay = (to) => to?.readyState === 1 && to.deliver([keyword, content ?? null, { call: id }]);
     if (keyword === 'invite') {
+      if (this.calls.has(id)) return ws.deliver(['bye', { code: 400, description: 'Call id in use' }, { call: id }]);
       const devices = this.sockets.filter((s) => s.user === content.callee.uri && s !== ws);
       if (!devices.length) return ws.deliver(['bye', { code: 480, description: 'User offline' }, { call: id }]);
       this.calls.set(id, { caller: ws, callee: null, devices, transferred: {} });
@@ -229,7 +232,10 @@ export class FakeServer {
     const c = this.calls.get(id);
     if (!c) return ws.deliver(['bye', { code: 481, description: 'No such call' }, { call: id }]);
     const fromCaller = ws === c.caller;
-    if (keyword === 'offer' && !c.callee && !fromCaller) c.callee = ws;
+    if (keyword === 'offer' && !c.callee && !fromCaller) {
+      c.callee = ws;
+      for (const d of c.devices) if (d !== ws && d.readyState === 1) d.deliver(['bye', { code: 200, description: 'Answered elsewhere' }, { call: id }]);
+    }
     const other = fromCaller ? c.callee ?? null : c.caller;
     if (keyword === 'ringing' || keyword === 'offer' || keyword === 'answer' || keyword === 'icecandidate') {
       if (!fromCaller && !c.callee && keyword !== 'ringing') return;
@@ -244,6 +250,13 @@ export class FakeServer {
       }
       if (fromCaller && !c.callee) {
         for (const d of c.devices) d.readyState === 1 && d.deliver(['bye', { code: 487, description: 'Cancelled' }, { call: id }]);
+      } else if (!c.callee && c.devices.length > 1) {
+        // One of several devices leaves; when none is left the caller
+        // hears 480 (wspd: "No device answered").
+        c.ringing ??= new Set(c.devices);
+        c.ringing.delete(ws);
+        if (c.ringing.size > 0) return;
+        if (c.caller.readyState === 1) c.caller.deliver(['bye', { code: 480, description: 'No device answered' }, { call: id }]);
       } else {
         relay(other);
       }
@@ -252,9 +265,17 @@ export class FakeServer {
   }
 }
 
+/** The `a=ice-ufrag` of a fake SDP. */
+const ufragOf = (sdp) => /^a=ice-ufrag:(\S+)/m.exec(sdp ?? '')?.[1] ?? null;
+
 /**
  * A fake WebRTC: peer connections find each other through their SDP and
- * "connect" once both are stable with descriptions and a remote candidate.
+ * "connect" once both are stable with descriptions and a remote candidate
+ * of the peer's current ICE username. `breakPath(pc)` breaks the path of a
+ * connected pair, as a change of network does: both go `disconnected`,
+ * their data channels stay open and hold what is sent; only an ICE
+ * restart (an offer made with `iceRestart`, its answer and new candidates)
+ * connects them again, and then what the channels held is delivered.
  */
 export function makeWebRTC() {
   const pcs = new Map();
@@ -274,6 +295,14 @@ export function makeWebRTC() {
     send(data) {
       if (this.readyState !== 'open') throw new Error('InvalidStateError: channel not open');
       this.sent.push(data);
+      if (this.pc.broken) {
+        this.pc.held.push([this, data]); // SCTP retransmits it once the path is back
+        return;
+      }
+      this._transmit(data);
+    }
+
+    _transmit(data) {
       const remote = this.remote;
       setImmediate(() => {
         if (remote?.readyState === 'open') remote.dispatchEvent(event('message', { data }));
@@ -304,6 +333,14 @@ export function makeWebRTC() {
       this.configuration = configuration;
       this.signalingState = 'stable';
       this.iceConnectionState = 'new';
+      this.connectionState = 'new';
+      this.generation = 0;
+      this.ufrag = `u${this.id}g0`;
+      this.remoteUfrag = null;
+      this.broken = false;
+      this.brokenUfrag = null;
+      /** Channel messages sent while the path is broken: [channel, data]. */
+      this.held = [];
       this.localDescription = null;
       this.remoteDescription = null;
       this.remoteCandidates = [];
@@ -346,16 +383,27 @@ export function makeWebRTC() {
       });
     }
 
-    #sdp() {
-      return `v=0 fake pc=${this.id} version=${++this.version} tracks=${this.senders.length} channels=${this.channels.length}\r\n`;
+    #sdp(ufrag) {
+      return `v=0 fake pc=${this.id} version=${++this.version} tracks=${this.senders.length} channels=${this.channels.length}\r\na=ice-ufrag:${ufrag}\r\n`;
     }
 
-    async createOffer() {
-      return { type: 'offer', sdp: this.#sdp() };
+    async createOffer(options) {
+      if (options?.iceRestart) this.ops.push('createOffer:iceRestart');
+      return { type: 'offer', sdp: this.#sdp(options?.iceRestart ? `u${this.id}g${this.generation + 1}` : this.ufrag) };
     }
 
     async createAnswer() {
-      return { type: 'answer', sdp: this.#sdp() };
+      // An offer that restarts ICE (a new username) restarts ours too.
+      return { type: 'answer', sdp: this.#sdp(this.remoteRestarted ? `u${this.id}g${this.generation + 1}` : this.ufrag) };
+    }
+
+    /** Takes the ICE username of our new description; a new one gathers again. */
+    #takeUfrag(d) {
+      const ufrag = ufragOf(d.sdp);
+      if (!ufrag || ufrag === this.ufrag) return;
+      this.ufrag = ufrag;
+      this.generation++;
+      this.gathered = false;
     }
 
     #check() {
@@ -365,6 +413,15 @@ export function makeWebRTC() {
     async setLocalDescription(description) {
       this.#check();
       await null;
+      if (description?.type === 'rollback') {
+        if (this.signalingState !== 'have-local-offer') throw new Error('InvalidStateError: rollback');
+        this.ops.push('rollback');
+        this.localDescription = this.stableLocal ?? null;
+        this.stableLocal = undefined;
+        this.ufrag = ufragOf(this.localDescription?.sdp) ?? this.ufrag;
+        this.signalingState = 'stable';
+        return;
+      }
       const d =
         description ?? (this.signalingState === 'have-remote-offer' ? await this.createAnswer() : await this.createOffer());
       this.ops.push(`setLocalDescription:${d.type}`);
@@ -377,13 +434,16 @@ export function makeWebRTC() {
         if (this.signalingState !== 'have-remote-offer') throw new Error('InvalidStateError: SLD(answer)');
         this.signalingState = 'stable';
         this.stableLocal = undefined;
+        this.remoteRestarted = false;
       }
       this.localDescription = d;
+      this.#takeUfrag(d);
       if (!this.gathered) {
         this.gathered = true;
+        const ufrag = this.ufrag;
         setImmediate(() => {
           for (let i = 1; i <= 2; i++) {
-            const init = { candidate: `candidate:${this.id}${i} 1 udp 1 127.0.0.1 ${5000 + i} typ host`, sdpMid: '0', sdpMLineIndex: 0, usernameFragment: `u${this.id}` };
+            const init = { candidate: `candidate:${this.id}${i} 1 udp 1 127.0.0.1 ${5000 + i} typ host ufrag ${ufrag}`, sdpMid: '0', sdpMLineIndex: 0, usernameFragment: ufrag };
             this.dispatchEvent(event('icecandidate', { candidate: { ...init, toJSON: () => init } }));
           }
           this.dispatchEvent(event('icecandidate', { candidate: null }));
@@ -402,6 +462,7 @@ export function makeWebRTC() {
           this.ops.push('rollback');
           this.localDescription = this.stableLocal ?? null;
           this.stableLocal = undefined;
+          this.ufrag = ufragOf(this.localDescription?.sdp) ?? this.ufrag;
           this.needNegotiation = true;
           this.signalingState = 'stable';
         }
@@ -413,6 +474,12 @@ export function makeWebRTC() {
         this.stableLocal = undefined;
       }
       this.remoteDescription = d;
+      const ufrag = ufragOf(d.sdp);
+      if (this.remoteUfrag !== null && ufrag !== this.remoteUfrag) {
+        this.remoteCandidates = []; // the peer restarted ICE
+        if (d.type === 'offer') this.remoteRestarted = true;
+      }
+      this.remoteUfrag = ufrag;
       const m = /pc=(\d+)/.exec(d.sdp);
       this.peer = m ? pcs.get(Number(m[1])) : null;
       for (const s of this.peer?.senders ?? []) {
@@ -427,6 +494,7 @@ export function makeWebRTC() {
       this.#check();
       await null;
       if (!this.remoteDescription) throw new Error('InvalidStateError: no remote description');
+      if (candidate?.usernameFragment && candidate.usernameFragment !== this.remoteUfrag) throw new Error('OperationError: unknown ufrag');
       this.ops.push(`addIceCandidate:${candidate ? candidate.candidate : 'end'}`);
       if (candidate) this.remoteCandidates.push(candidate);
       this.#maybeConnect();
@@ -439,7 +507,14 @@ export function makeWebRTC() {
     }
 
     get ready() {
-      return !this.closed && this.signalingState === 'stable' && this.localDescription && this.remoteDescription && this.remoteCandidates.length > 0;
+      return (
+        !this.closed &&
+        this.signalingState === 'stable' &&
+        this.localDescription &&
+        this.remoteDescription &&
+        this.remoteCandidates.length > 0 &&
+        (!this.broken || this.ufrag !== this.brokenUfrag)
+      );
     }
 
     #maybeConnect() {
@@ -447,14 +522,25 @@ export function makeWebRTC() {
       if (this.connected || !peer || !this.ready || !peer.ready) return;
       this.connected = peer.connected = true;
       setImmediate(() => {
-        for (const pc of [this, peer]) {
-          for (const s of ['checking', 'connected']) {
-            pc.iceConnectionState = s;
-            pc.dispatchEvent(event('iceconnectionstatechange'));
-          }
-        }
+        for (const pc of [this, peer]) pc._reach(['checking', 'connected'], ['connecting', 'connected']);
         this.#linkChannels();
       });
+    }
+
+    /** Walks through ICE and transport states, with their events; a broken path is back. */
+    _reach(iceStates, transportStates) {
+      for (const s of iceStates) {
+        this.iceConnectionState = s;
+        this.dispatchEvent(event('iceconnectionstatechange'));
+      }
+      for (const s of transportStates) {
+        this.connectionState = s;
+        this.dispatchEvent(event('connectionstatechange'));
+      }
+      if (this.connectionState === 'connected' && this.broken) {
+        this.broken = false;
+        for (const [ch, data] of this.held.splice(0)) ch._transmit(data);
+      }
     }
 
     #linkChannels() {
@@ -481,6 +567,7 @@ export function makeWebRTC() {
       this.closed = true;
       this.signalingState = 'closed';
       this.iceConnectionState = 'closed';
+      this.connectionState = 'closed';
       for (const ch of this.channels) ch.close();
       for (const ch of this.received ?? []) ch.close();
     }
@@ -493,7 +580,26 @@ export function makeWebRTC() {
     return original.call(this, e);
   };
 
-  return { RTCPeerConnection: FakeRTCPeerConnection, pcs };
+  /** A change of network under a connected pair: both go `disconnected` (or `failed`). */
+  const breakPath = (pc, state = 'disconnected') => {
+    for (const p of [pc, pc.peer]) {
+      p.connected = false;
+      p.broken = true;
+      p.brokenUfrag = p.ufrag;
+    }
+    for (const p of [pc, pc.peer]) p._reach(['disconnected'], [state]);
+  };
+  /** The pair's transport gives up: `failed` (ICE stays `disconnected`, as in Chromium). */
+  const failPath = (pc) => {
+    for (const p of [pc, pc.peer]) p._reach([], ['failed']);
+  };
+  /** A broken path comes back by itself, without a restart (a brief outage). */
+  const healPath = (pc) => {
+    for (const p of [pc, pc.peer]) p.connected = true;
+    for (const p of [pc, pc.peer]) p._reach(['connected'], ['connected']);
+  };
+
+  return { RTCPeerConnection: FakeRTCPeerConnection, pcs, breakPath, failPath, healPath };
 }
 
 /** A fake MediaStream with one track per kind. */
