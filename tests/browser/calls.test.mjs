@@ -10,7 +10,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Scope, WAIT_MS, launchChromium } from './env.mjs';
-import { frameCounts, metrics, noActiveCalls, world } from './pages.mjs';
+import { FIRST, above, failed, frameCounts, metrics, noActiveCalls, transferredCall, waitIn } from './pages.mjs';
 
 const TIMEOUT = 15_000;
 
@@ -21,141 +21,10 @@ before(async () => {
   context = await launchChromium(fileScope);
 }, { timeout: 20_000 });
 
-// ---- code that runs in the pages (serialised by Playwright)
-
-/**
- * Loads /wsp.js from the page's own server, opens a WspConnection with
- * `token` and fake camera and microphone, and records everything the
- * library reports in window.t.
- */
-async function installClient({ token }) {
-  const { WspConnection } = await import('/wsp.js');
-  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
-  const conn = new WspConnection();
-  const t = {
-    conn,
-    stream,
-    call: null,
-    errors: [],
-    events: [],
-    messages: [],
-    closed: null,
-    connState: () => conn.state,
-  };
-  conn.onerror = (e) => t.errors.push({ code: e.code, message: e.message, byeCode: e.byeCode, callId: e.callId });
-  const watch = (call) => {
-    t.call = call;
-    call.onringing = () => t.events.push('ringing');
-    call.ontransferred = () => t.events.push('transferred');
-    call.onmessage = (data) => t.messages.push(data);
-    call.onclose = (code, description) => {
-      t.closed = { code, description };
-      t.events.push(`close ${code}`);
-    };
-  };
-  conn.onincoming = (call) => {
-    t.events.push(`incoming ${call.peer.uri}`);
-    watch(call);
-  };
-  t.dial = (uri) => {
-    watch(conn.call(uri, { stream }));
-    return t.call.id;
-  };
-  t.accept = () => t.call.accept({ stream });
-  t.summary = () => ({
-    conn: conn.state,
-    user: conn.user,
-    events: t.events,
-    errors: t.errors,
-    closed: t.closed,
-    call: t.call && { id: t.call.id, state: t.call.state, transferred: t.call.transferred, peerTransferred: t.call.peerTransferred, ice: t.call.pc?.iceConnectionState },
-  });
-  /** Inbound RTP of the call, by kind. */
-  t.inbound = async () => {
-    const out = {};
-    (await t.call.pc.getStats()).forEach((s) => {
-      if (s.type === 'inbound-rtp') out[s.kind] = { bytesReceived: s.bytesReceived ?? 0, framesDecoded: s.framesDecoded ?? 0 };
-    });
-    return out;
-  };
-  /** Inbound stats once video has `min.frames` frames decoded and both kinds' bytes exceed `min`'s. */
-  t.inboundAbove = async (min, ms) => {
-    const deadline = performance.now() + ms;
-    for (;;) {
-      const s = await t.inbound();
-      if ((s.video?.framesDecoded ?? 0) >= min.frames && (s.video?.bytesReceived ?? 0) > min.videoBytes && (s.audio?.bytesReceived ?? 0) > min.audioBytes) return s;
-      if (performance.now() > deadline) throw new Error(`inbound stats did not pass ${JSON.stringify(min)} in ${ms} ms: ${JSON.stringify(s)}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  };
-  window.t = t;
-  await conn.connect(`wss://${location.host}/wsp`, token);
-  return conn.user;
-}
-
-// ---- helpers of the tests
-
-const summary = (page) => page.evaluate(() => window.t.summary()).catch((e) => `(page gone: ${e.message})`);
-
-/** Waits until `predicate` (run in the page with window.t) is true; the error shows the page's summary. */
-async function waitIn(page, what, predicate, arg) {
-  try {
-    await page.waitForFunction(predicate, arg, { timeout: WAIT_MS, polling: 20 });
-  } catch (e) {
-    throw new Error(`${what}: ${e.message.split('\n')[0]}\n  state: ${JSON.stringify(await summary(page))}`);
-  }
-}
-
-/** For inboundAbove: 10 more decoded frames than `s`, and more bytes of both kinds. */
-const above = (s) => ({ frames: (s.video?.framesDecoded ?? 0) + 10, videoBytes: s.video?.bytesReceived ?? 0, audioBytes: s.audio?.bytesReceived ?? 0 });
-/** For inboundAbove: a first decoded frame, some bytes of both kinds. */
-const FIRST = { frames: 1, videoBytes: 0, audioBytes: 0 };
-
-/**
- * A world with Alice on a.test and Bob on b.test, connected through
- * wsp.js; Alice calls Bob, Bob accepts, and both sides transfer. Returns
- * the world with pageA and pageB.
- */
-async function transferredCall(name) {
-  const w = await world(context, 'calls', name);
-  try {
-    w.pageA = await w.open('alice');
-    w.pageB = await w.open('bob');
-    await Promise.all([w.pageA.goto(`${w.a.origin}/healthz`), w.pageB.goto(`${w.b.origin}/healthz`)]);
-    const [alice, bob] = await Promise.all([w.a.token('alice@a.test'), w.b.token('bob@b.test')]);
-    assert.deepEqual(
-      await Promise.all([w.pageA.evaluate(installClient, { token: alice }), w.pageB.evaluate(installClient, { token: bob })]),
-      ['alice@a.test', 'bob@b.test'],
-    );
-    w.t0 = performance.now();
-    w.callId = await w.pageA.evaluate(() => window.t.dial('bob@b.test'));
-    await waitIn(w.pageB, 'Bob gets the call', () => window.t.call?.state === 'ringing');
-    assert.deepEqual(await w.pageB.evaluate(() => [window.t.events, window.t.call.id, window.t.call.peer]), [
-      ['incoming alice@a.test'],
-      w.callId,
-      { uri: 'alice@a.test' },
-    ]);
-    await waitIn(w.pageA, 'Alice hears it ring', () => window.t.call.state === 'ringing');
-    await w.pageB.evaluate(() => window.t.accept());
-    for (const [who, page] of [['Alice', w.pageA], ['Bob', w.pageB]]) {
-      await waitIn(page, `${who}: transferred, and the peer's bye 101 received`, () => window.t.call.state === 'transferred' && window.t.call.peerTransferred);
-    }
-    w.tTransferred = performance.now();
-    return w;
-  } catch (e) {
-    await failed(w);
-    await w.scope.close().catch(() => {});
-    throw e;
-  }
-}
-
-/** Screenshots of the pages of a failed test, beside its logs. */
-const failed = (w) => w.failed({ alice: w.pageA, bob: w.pageB });
-
 /** Runs `body(w)` on a transferred call; releases the world whatever happens. */
 function callTest(name, body) {
   test(name, { timeout: TIMEOUT }, async (t) => {
-    const w = await transferredCall(name);
+    const w = await transferredCall(context, 'calls', name);
     try {
       t.diagnostic(`invite to both transferred: ${Math.round(w.tTransferred - w.t0)} ms`);
       await body(w, t);

@@ -324,27 +324,39 @@ export async function startWspd(scope, { domain, resolver, dir, extra = '', logD
   ].join('\n');
   await writeFile(config, text);
   mkdirSync(logDir, { recursive: true });
-  const proc = new Proc(domain, WSPD_BIN, ['--config', config], {
-    logFile: path.join(logDir, `wspd-${domain}.log`),
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' },
-  });
+  let runs = 0;
+  const start = () =>
+    new Proc(domain, WSPD_BIN, ['--config', config], {
+      logFile: path.join(logDir, `wspd-${domain}${runs++ ? `-${runs}` : ''}.log`),
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' },
+    });
+  const server = { domain, config, proc: start(), token: (user) => mintToken(config, user) };
   scope.defer(async () => {
-    const status = await proc.stop();
-    if (status.code !== 0 || status.error) throw new Error(`wspd ${domain} exited with ${status.signal ?? status.code}:\n${proc.tail()}`);
+    const status = await server.proc.stop();
+    if (status.code !== 0 || status.error) throw new Error(`wspd ${domain} exited with ${status.signal ?? status.code}:\n${server.proc.tail()}`);
   });
-  const m = await proc.waitForLine(/listening on (wss?):\/\/([0-9.]+):(\d+)\/wsp/);
+  const m = await server.proc.waitForLine(LISTENING);
   const port = Number(m[3]);
-  return {
-    domain,
+  /**
+   * Stops the server (SIGTERM, a clean exit expected) and starts it again
+   * on the same port with the same config (log: wspd-<domain>-2.log...).
+   */
+  server.restart = async () => {
+    const status = await server.proc.stop();
+    if (status.code !== 0 || status.error) throw new Error(`wspd ${domain} exited with ${status.signal ?? status.code}:\n${server.proc.tail()}`);
+    await writeFile(config, text.replace('listen = "127.0.0.1:0"', `listen = "127.0.0.1:${port}"`));
+    server.proc = start();
+    await server.proc.waitForLine(LISTENING);
+  };
+  return Object.assign(server, {
     port,
     addr: `127.0.0.1:${port}`,
     origin: `https://${domain}:${port}`,
     wsp: `wss://${domain}:${port}/wsp`,
-    config,
-    proc,
-    token: (user) => mintToken(config, user),
-  };
+  });
 }
+
+const LISTENING = /listening on (wss?):\/\/([0-9.]+):(\d+)\/wsp/;
 
 /**
  * The usual pair: a DNS server publishing a.test and b.test, and their two
@@ -364,10 +376,64 @@ export async function startFederation(scope, { domains = ['a.test', 'b.test'], l
   return { dns, servers };
 }
 
+// ---------------------------------------------------------------- network
+
+/**
+ * Addresses for WebRTC media other than loopback, inside this namespace,
+ * and a change of network (browser-testing.md): veth pairs with both ends
+ * in this namespace (no packet can leave it), created with IPv6 off so
+ * that no link-local address becomes a candidate. `address` is the one
+ * address media can use (10.200.0.1 first); `change()` brings up a new
+ * pair with the next address (10.201.0.1, ...), then deletes the old
+ * address, as a laptop moving to another network does. The scope deletes
+ * the pairs and restores the IPv6 default.
+ */
+export async function hostNetwork(scope) {
+  const ip = which('ip');
+  if (!ip) throw new Error('no ip command: apt-get install -y iproute2');
+  const run = (...args) =>
+    new Promise((resolve, reject) =>
+      execFile(ip, args, (err, stdout, stderr) => (err ? reject(new Error(`ip ${args.join(' ')}: ${stderr || err.message}`)) : resolve(stdout))),
+    );
+  const ipv6Default = '/proc/sys/net/ipv6/conf/default/disable_ipv6';
+  const saved = readFileSync(ipv6Default, 'utf8');
+  await writeFile(ipv6Default, '1');
+  scope.defer(() => writeFile(ipv6Default, saved));
+  let n = 0;
+  const add = async () => {
+    const dev = `wspnc${n}`;
+    const address = `10.${200 + n}.0.1`;
+    n++;
+    await run('link', 'add', dev, 'type', 'veth', 'peer', 'name', `${dev}p`);
+    scope.defer(() => run('link', 'del', dev)); // its peer goes with it
+    await run('link', 'set', dev, 'up');
+    await run('link', 'set', `${dev}p`, 'up');
+    await run('addr', 'add', `${address}/24`, 'dev', dev);
+    return { dev, address };
+  };
+  let current = await add();
+  return {
+    get address() {
+      return current.address;
+    },
+    async change() {
+      const old = current;
+      current = await add();
+      await run('addr', 'del', `${old.address}/24`, 'dev', old.dev);
+      return current.address;
+    },
+  };
+}
+
 // ---------------------------------------------------------------- Chromium
 
-/** The recipe's flags (browser-testing.md), plus the loopback mapping of `hosts`. */
-export function chromiumArgs(hosts = ['a.test', 'b.test']) {
+/**
+ * The recipe's flags (browser-testing.md), plus the loopback mapping of
+ * `hosts`. With `loopbackCandidates: false` WebRTC gathers no loopback
+ * candidates: media then uses only the addresses of other interfaces
+ * (see `hostNetwork`).
+ */
+export function chromiumArgs(hosts = ['a.test', 'b.test'], { loopbackCandidates = true } = {}) {
   return [
     '--no-sandbox',
     '--disable-gpu',
@@ -377,7 +443,7 @@ export function chromiumArgs(hosts = ['a.test', 'b.test']) {
     '--disable-component-update',
     '--disable-sync',
     '--disable-dev-shm-usage', // CI containers often have a 64 MB /dev/shm
-    '--allow-loopback-in-peer-connection',
+    ...(loopbackCandidates ? ['--allow-loopback-in-peer-connection'] : []),
     '--use-fake-device-for-media-stream',
     '--use-fake-ui-for-media-stream',
     // Chromium asks the system resolver, not our dnsmasq: map the test
@@ -390,7 +456,7 @@ export function chromiumArgs(hosts = ['a.test', 'b.test']) {
  * Launches Chromium (headless, fresh profile, its temporary files in
  * test folders) and returns the persistent context. Closed by the scope.
  */
-export async function launchChromium(scope, { hosts, extraArgs = [] } = {}) {
+export async function launchChromium(scope, { hosts, extraArgs = [], loopbackCandidates = true } = {}) {
   if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM}: apt-get install -y chromium`);
   const { chromium } = await import('playwright-core');
   const profile = await scope.tempDir('chromium-profile-');
@@ -398,7 +464,7 @@ export async function launchChromium(scope, { hosts, extraArgs = [] } = {}) {
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
-    args: [...chromiumArgs(hosts), ...extraArgs],
+    args: [...chromiumArgs(hosts, { loopbackCandidates }), ...extraArgs],
     ignoreHTTPSErrors: true,
     // Chromium's crash database goes to $XDG_CONFIG_HOME/chromium (else
     // ~/.config/chromium) whatever the profile: keep it in the test folder.
