@@ -80,6 +80,7 @@ function follow(c) {
     }
   };
   c.ontransferred = () => setCallState(WORDS[101]);
+  c.onresuming = () => setCallState('network changed: reconnecting through the servers…');
   c.onmessage = (data) => {
     const li = document.createElement('li');
     li.textContent = `${c.peer.uri}: ${data}`;
