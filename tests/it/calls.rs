@@ -898,3 +898,63 @@ async fn crossing_hang_ups_end_each_call_once() {
         (CALLS * ROUNDS) as f64
     );
 }
+
+/// A resume (docs/protocol.md "Resuming a transferred call") is an invite
+/// like any other: after both 101s the id is free again, the invite with
+/// `"resume": true` is relayed verbatim to every device, a device that
+/// does not hold the call leaves with 481, and the one that does answers
+/// with an offer without ringing. Nothing in the server tells the two apart.
+#[tokio::test]
+async fn a_resume_is_an_invite_with_the_same_id_and_needs_no_special_case() {
+    let (s, mut alice, mut bobs) = alice_and_bob(2).await;
+    let id = "resume-0001";
+    ring(&mut alice, &mut bobs, id).await;
+    bobs[0].send(offer(id)).await;
+    alice.expect("offer").await;
+    bobs[1].expect_bye(200).await;
+    alice.send(answer(id)).await;
+    bobs[0].expect("answer").await;
+    alice.send(bye(id, 101)).await;
+    bobs[0].expect_bye(101).await;
+    bobs[0].send(bye(id, 101)).await;
+    alice.expect_bye(101).await;
+    assert_eq!(s.metric("wspd_calls_active").await, 0.0);
+
+    // The path broke: the caller invites again with the call's own id.
+    let resume = json!(["invite", {"caller": {"uri": ALICE}, "callee": {"uri": BOB}, "resume": true}, {"call": id}]);
+    alice.send(resume.clone()).await;
+    for d in bobs.iter_mut() {
+        assert_eq!(d.expect("invite").await, resume);
+    }
+    // The other device does not hold the call: 481, and it leaves.
+    bobs[1].send(bye(id, 481)).await;
+    bobs[1].expect_nothing().await;
+    alice.expect_nothing().await;
+    // The device that holds it restarts ICE: an offer, no ringing.
+    bobs[0].send(offer(id)).await;
+    assert_eq!(alice.expect("offer").await, offer(id));
+    alice.send(answer(id)).await;
+    bobs[0].expect("answer").await;
+    alice.send(candidate(id, 1)).await;
+    assert_eq!(bobs[0].expect("icecandidate").await, candidate(id, 1));
+    bobs[0].send(bye(id, 101)).await;
+    alice.expect_bye(101).await;
+    alice.send(bye(id, 101)).await;
+    bobs[0].expect_bye(101).await;
+    assert_eq!(s.metric("wspd_calls_active").await, 0.0);
+    assert_eq!(s.calls_ended("transferred").await, 2.0);
+    bobs[1].expect_nothing().await;
+
+    // With one device that does not hold the call, its 481 reaches the
+    // caller as it was sent: the library's "not there yet".
+    let id = "resume-0002";
+    let mut lone = s.connect_online("carol@localhost").await;
+    alice
+        .send(json!(["invite", {"caller": {"uri": ALICE}, "callee": {"uri": "carol@localhost"}, "resume": true}, {"call": id}]))
+        .await;
+    lone.expect("invite").await;
+    lone.send(bye(id, 481)).await;
+    let f = alice.expect_bye(481).await;
+    assert_eq!(f[2]["call"], id);
+    assert_eq!(s.metric("wspd_calls_active").await, 0.0);
+}
