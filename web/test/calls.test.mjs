@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { MAX_PENDING_CANDIDATES, WspConnection } from '../wsp.js';
-import { FakeClock, FakeServer, FakeWebSocket, fakeStream, makeToken, makeWebRTC, settle } from './fakes.mjs';
+import { FakeClock, FakeServer, FakeWebSocket, connector, fakeStream, makeToken, makeWebRTC, settle } from './fakes.mjs';
 
 const ALICE = 'alice@a.example';
 const BOB = 'bob@a.example';
@@ -30,19 +30,7 @@ async function pair({ transfer = true } = {}) {
   const server = new FakeServer([ALICE, BOB]);
   const rtc = makeWebRTC();
   const clock = new FakeClock();
-  const make = async (user) => {
-    const conn = new WspConnection({
-      WebSocket: server.WebSocket,
-      RTCPeerConnection: rtc.RTCPeerConnection,
-      fetch: server.fetch,
-      timers: clock,
-      random: () => 0.5,
-    });
-    conn.errors = [];
-    conn.onerror = (e) => conn.errors.push(e);
-    await conn.connect('wss://a.example/wsp', server.tokenOf(user));
-    return conn;
-  };
+  const make = connector(WspConnection, server, rtc, clock);
   const alice = await make(ALICE);
   const bob = await make(BOB);
   let incoming = null;

@@ -607,3 +607,28 @@ export function fakeStream(...kinds) {
   const tracks = kinds.map((kind, i) => ({ kind, id: `${kind}-${i}` }));
   return { id: `stream-${kinds.join('-')}`, getTracks: () => tracks };
 }
+
+/**
+ * `connect(user)` for tests: resolves with a connected `WspConnection`
+ * (the class is passed in, so that this file imports nothing) on `server`,
+ * with fake WebRTC `rtc`, `clock` and a jitter of 0.5, plus `options`. Its
+ * errors are kept in `conn.errors`, its incoming calls in `conn.incoming`.
+ */
+export function connector(WspConnection, server, rtc, clock, options = {}) {
+  return async (user) => {
+    const conn = new WspConnection({
+      WebSocket: server.WebSocket,
+      RTCPeerConnection: rtc.RTCPeerConnection,
+      fetch: server.fetch,
+      timers: clock,
+      random: () => 0.5,
+      ...options,
+    });
+    conn.errors = [];
+    conn.onerror = (e) => conn.errors.push(e);
+    conn.incoming = [];
+    conn.onincoming = (c) => conn.incoming.push(c);
+    await conn.connect('wss://a.example/wsp', server.tokenOf(user));
+    return conn;
+  };
+}

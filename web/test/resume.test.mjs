@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { RESUME_DELAY_MS, RESUME_RETRY_CAP_MS, RESUME_TIMEOUT_MS, WspConnection } from '../wsp.js';
-import { FakeClock, FakeServer, fakeStream, makeWebRTC, settle } from './fakes.mjs';
+import { FakeClock, FakeServer, connector, fakeStream, makeWebRTC, settle } from './fakes.mjs';
 
 const ALICE = 'alice@a.example';
 const BOB = 'bob@a.example';
@@ -23,22 +23,7 @@ async function transferred({ options = {}, extra = {} } = {}) {
   const server = new FakeServer([ALICE, BOB, CAROL]);
   const rtc = makeWebRTC();
   const clock = new FakeClock();
-  const make = async (user) => {
-    const conn = new WspConnection({
-      WebSocket: server.WebSocket,
-      RTCPeerConnection: rtc.RTCPeerConnection,
-      fetch: server.fetch,
-      timers: clock,
-      random: () => 0.5,
-      ...options,
-    });
-    conn.errors = [];
-    conn.onerror = (e) => conn.errors.push(e);
-    conn.incoming = [];
-    conn.onincoming = (c) => conn.incoming.push(c);
-    await conn.connect('wss://a.example/wsp', server.tokenOf(user));
-    return conn;
-  };
+  const make = connector(WspConnection, server, rtc, clock, options);
   const alice = await make(ALICE);
   const bob = await make(BOB);
   const out = watch(alice.call(BOB, { stream: fakeStream('audio') }));
