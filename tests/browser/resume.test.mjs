@@ -91,6 +91,10 @@ async function changeAndResume(w, net, { during = async () => {} } = {}) {
     );
   }
   const tTransferred = performance.now() - t0;
+  // Audio first (its bytes grow again), then video (10 more frames decoded).
+  const audio = (s) => ({ frames: 0, videoBytes: 0, audioBytes: s.audio?.bytesReceived ?? 0 });
+  await Promise.all([pageA, pageB].map((p, i) => p.evaluate(([m, ms]) => window.t.inboundAbove(m, ms), [audio(before[i]), WAIT_MS])));
+  const tAudio = performance.now() - t0;
   await Promise.all([pageA, pageB].map((p, i) => p.evaluate(([m, ms]) => window.t.inboundAbove(m, ms), [above(before[i]), WAIT_MS])));
   const tMedia = performance.now() - t0;
   await selectedFrom(pageA, 'Alice', address);
@@ -106,11 +110,14 @@ async function changeAndResume(w, net, { during = async () => {} } = {}) {
     assert.equal(s.closed, null, who);
     assert.deepEqual(s.errors, [], who);
   }
-  return { tResuming, tTransferred, tMedia };
+  return { tResuming, tTransferred, tAudio, tMedia };
 }
 
-const report = (t, { tResuming, tTransferred, tMedia }) =>
-  t.diagnostic(`from the address change: resuming at ${Math.round(tResuming)} ms, transferred again at ${Math.round(tTransferred)} ms, media flowing both ways at ${Math.round(tMedia)} ms`);
+const report = (t, { tResuming, tTransferred, tAudio, tMedia }) =>
+  t.diagnostic(
+    `from the address change: resuming at ${Math.round(tResuming)} ms, transferred again at ${Math.round(tTransferred)} ms, ` +
+      `audio flowing both ways at ${Math.round(tAudio)} ms, video at ${Math.round(tMedia)} ms`,
+  );
 
 resumeTest('a transferred call survives a change of network address; the callee\'s other device sees nothing', async (w, net, t) => {
   // Bob's second device opens after the call was set up: it never held it.
