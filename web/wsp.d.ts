@@ -535,7 +535,8 @@ export declare class WspConnection {
      * Closes the connection for good: stops reconnecting, hangs up every
      * call that is not transferred (bye 200; a ringing incoming call gets
      * 480, so that the caller's other devices go on ringing), closes the
-     * socket, and calls `onclose(1000, ...)`. Transferred calls go on. A
+     * socket, and calls `onclose(1000, ...)`. Transferred calls go on
+     * (a resuming call is hung up: it cannot resume without a socket). A
      * pending `connect()` rejects with `closed` instead.
      */
     close(): void;

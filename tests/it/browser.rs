@@ -18,8 +18,11 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The whole run, browser launches included, must end within this.
-const DEADLINE: Duration = Duration::from_secs(180);
+/// The whole run, browser launches included, must end within this: a
+/// guard against a hang, not a timing goal (the run takes about 65 s on
+/// an idle 2-core machine, a third of it the resume test's waits for
+/// Chromium to notice a broken network path).
+const DEADLINE: Duration = Duration::from_secs(300);
 
 /// Debian's Chromium; `CHROMIUM_BIN` overrides it (env.mjs reads it too).
 fn chromium() -> PathBuf {

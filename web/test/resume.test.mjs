@@ -312,3 +312,16 @@ test('hangup() while resuming ends the call on both sides', async () => {
   assert.equal(incoming.state, 'closed');
   assert.equal(server.calls.size, 0);
 });
+
+test('close() hangs up a resuming call: it cannot resume without a socket', async () => {
+  const { server, rtc, out, alice } = await transferred();
+  server.unreachable.add(BOB); // the callee is away: the resume waits
+  server.kill(BOB);
+  rtc.breakPath(out.pc, 'failed');
+  await settle();
+  assert.equal(out.state, 'resuming');
+  alice.close();
+  await settle();
+  assert.equal(out.log.at(-1), 'close 200 Hung up');
+  assert.equal(alice.calls.size, 0);
+});
