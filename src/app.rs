@@ -26,6 +26,7 @@ use crate::devcerts;
 use crate::federation::links::{Links, LinksError};
 use crate::metrics::Metrics;
 use crate::router::{Remote, Router};
+use crate::telemetry::{Telemetry, TelemetryError};
 use crate::throttle::Attempts;
 
 /// Password checks that may wait for the two that run at once; past it,
@@ -89,6 +90,12 @@ impl App {
         };
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let telemetry = Arc::new(match &config.tracing {
+            Some(t) => {
+                Telemetry::start(t, &config.domain, metrics.clone(), shutdown.clone(), &tasks)?
+            }
+            None => Telemetry::off(),
+        });
         let links = match &config.federation {
             Some(fed) => Some(Arc::new(Links::new(
                 &config,
@@ -96,6 +103,7 @@ impl App {
                 metrics.clone(),
                 shutdown.clone(),
                 tasks.clone(),
+                telemetry.clone(),
             )?)),
             None => None,
         };
@@ -118,6 +126,7 @@ impl App {
             metrics.clone(),
             remote,
             tasks.clone(),
+            telemetry,
         ));
         if let Some(c) = &cluster {
             router.set_nodes(c.clone());
@@ -240,6 +249,8 @@ pub enum StartError {
     Cluster(#[from] ClusterError),
     #[error("[acme]: {0}")]
     Acme(#[from] AcmeError),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
 }
 
 /// The users file the config names, if any.

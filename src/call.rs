@@ -182,6 +182,17 @@ impl Call {
         matches!(self.phase, Phase::Answered { .. })
     }
 
+    /// How many sides have sent their bye 101 (2 once transferred).
+    pub fn transfers(&self) -> u8 {
+        match &self.phase {
+            Phase::Answered { callee, .. } => {
+                u8::from(self.caller.transferred) + u8::from(callee.transferred)
+            }
+            Phase::Ended(Outcome::Transferred) => 2,
+            _ => 0,
+        }
+    }
+
     /// Feeds one input; returns what to do.
     pub fn handle<'a>(&mut self, input: Input<'a>) -> Outputs<'a> {
         let mut out = Outputs::new();

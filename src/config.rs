@@ -57,6 +57,20 @@ pub struct Config {
     /// Present when `[cluster]` is configured: this server is one node of
     /// its domain.
     pub cluster: Option<Cluster>,
+    /// Present when `[tracing] otlp_endpoint` is set: spans are exported.
+    pub tracing: Option<Tracing>,
+}
+
+/// `[tracing]`: spans of calls and links exported over OTLP/HTTP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    /// The collector's traces URL: `otlp_endpoint` with `/v1/traces`.
+    pub endpoint: String,
+    /// The share of traces started here that are exported, 0 to 1.
+    pub sample_ratio: f64,
+    /// This server's name among the domain's servers (a resource
+    /// attribute): the cluster node's name, else `node`, else the host's.
+    pub node: String,
 }
 
 /// `[cluster]`: the domain served by several nodes sharing Redis.
@@ -267,6 +281,15 @@ struct RawConfig {
     #[serde(default)]
     metrics: RawMetrics,
     cluster: Option<RawCluster>,
+    tracing: Option<RawTracing>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTracing {
+    otlp_endpoint: Option<String>,
+    sample_ratio: Option<f64>,
+    node: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -459,6 +482,10 @@ impl Config {
         let turn = raw.turn.map(turn).transpose()?;
         let metrics = metrics(raw.metrics)?;
         let cluster = raw.cluster.map(cluster).transpose()?;
+        let tracing = match raw.tracing {
+            Some(t) => tracing(t, cluster.as_ref())?,
+            None => None,
+        };
         Ok(Config {
             domain,
             listen,
@@ -469,8 +496,52 @@ impl Config {
             turn,
             metrics,
             cluster,
+            tracing,
         })
     }
+}
+
+/// `[tracing]`: `None` without `otlp_endpoint` (the section may hold the
+/// other keys, commented in and out around it).
+fn tracing(t: RawTracing, cluster: Option<&Cluster>) -> Result<Option<Tracing>, ConfigError> {
+    let sample_ratio = t.sample_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        return Err(invalid("tracing.sample_ratio", "must be from 0 to 1"));
+    }
+    if let Some(n) = &t.node
+        && !valid_node_name(n)
+    {
+        return Err(invalid("tracing.node", "use 1-64 of A-Z a-z 0-9 - _ ."));
+    }
+    let Some(url) = t.otlp_endpoint else {
+        return Ok(None);
+    };
+    let base = url.trim_end_matches('/');
+    let Some(rest) = base.strip_prefix("http://") else {
+        return Err(invalid(
+            "tracing.otlp_endpoint",
+            "must be an http:// URL (OTLP/HTTP, like \"http://127.0.0.1:4318\"): \
+             run the collector or its agent beside the server",
+        ));
+    };
+    if rest.is_empty() || base.parse::<http::Uri>().is_err() {
+        return Err(invalid("tracing.otlp_endpoint", "is not a valid URL"));
+    }
+    let endpoint = if base.ends_with("/v1/traces") {
+        base.to_string()
+    } else {
+        format!("{base}/v1/traces")
+    };
+    let node = match (cluster, t.node) {
+        (Some(c), _) => c.node.clone(),
+        (None, Some(n)) => n,
+        (None, None) => host_name(),
+    };
+    Ok(Some(Tracing {
+        endpoint,
+        sample_ratio,
+        node,
+    }))
 }
 
 /// `[cluster]`, with its defaults, then checked.
@@ -514,6 +585,11 @@ pub fn valid_node_name(n: &str) -> bool {
 /// The host's name (its characters a node name allows) and a random
 /// suffix: a node that restarts is a new node to the others.
 fn default_node_name() -> String {
+    format!("{}-{:06x}", host_name(), rand::random::<u32>() & 0xff_ffff)
+}
+
+/// The host's name, in the characters a node name allows.
+fn host_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let host: String = host
         .trim()
@@ -521,12 +597,11 @@ fn default_node_name() -> String {
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         .take(48)
         .collect();
-    let host = if host.is_empty() {
+    if host.is_empty() {
         "wspd".to_string()
     } else {
         host
-    };
-    format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+    }
 }
 
 fn listen(raw: &str) -> Result<SocketAddr, ConfigError> {
@@ -1016,6 +1091,53 @@ secret = "0123456789abcdef0123456789abcdef"
         let e = err(&format!("{MIN}[metrics]\ntoken = \"0123456789 abcdef\"\n"));
         assert!(e.contains("metrics.token"), "{e}");
         assert!(err(&format!("{MIN}[metrics]\ntokn = \"x\"\n")).contains("tokn"));
+    }
+
+    #[test]
+    fn tracing_section() {
+        let c = Config::parse(
+            &format!("{MIN}[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/\"\nsample_ratio = 0.25\nnode = \"eu-1\"\n"),
+            Path::new("."),
+        )
+        .unwrap();
+        let t = c.tracing.unwrap();
+        assert_eq!(t.endpoint, "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(t.sample_ratio, 0.25);
+        assert_eq!(t.node, "eu-1");
+        let c = Config::parse(
+            &format!("{MIN}[tracing]\notlp_endpoint = \"http://collector:4318/v1/traces\"\n"),
+            Path::new("."),
+        )
+        .unwrap();
+        let t = c.tracing.unwrap();
+        assert_eq!(t.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(t.sample_ratio, 1.0);
+        assert!(!t.node.is_empty());
+        // The section without the endpoint exports nothing.
+        let c = Config::parse(
+            &format!("{MIN}[tracing]\nsample_ratio = 0.5\n"),
+            Path::new("."),
+        );
+        assert!(c.unwrap().tracing.is_none());
+        for (bad, key) in [
+            (
+                "otlp_endpoint = \"https://c:4318\"",
+                "tracing.otlp_endpoint",
+            ),
+            ("otlp_endpoint = \"c:4318\"", "tracing.otlp_endpoint"),
+            ("otlp_endpoint = \"http://\"", "tracing.otlp_endpoint"),
+            (
+                "otlp_endpoint = \"http://c:4318\"\nsample_ratio = 1.5",
+                "tracing.sample_ratio",
+            ),
+            ("sample_ratio = -0.1", "tracing.sample_ratio"),
+            ("node = \"a b\"", "tracing.node"),
+        ] {
+            assert!(
+                err(&format!("{MIN}[tracing]\n{bad}\n")).contains(key),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

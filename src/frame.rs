@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::address::CallId;
+use crate::trace::TraceParent;
 
 mod codes;
 mod scan;
@@ -104,6 +105,9 @@ pub struct Inbound<'a> {
     pub keyword: Keyword,
     /// `options.call`, when the client gave it.
     pub call: Option<CallId>,
+    /// `options.traceparent`, when it is a valid one (anything else given
+    /// there is ignored).
+    pub traceparent: Option<TraceParent>,
     pub body: Body<'a>,
 }
 
@@ -324,13 +328,50 @@ pub fn decode_checked(text: &str) -> Result<Inbound<'_>, FrameError> {
         .ok_or_else(|| FrameError::UnknownKeyword(truncate(&keyword, 32)))?;
 
     let call = options(raw.options)?;
+    let traceparent = raw.options.and_then(traceparent);
     let content = raw.content.filter(|c| c.get() != "null").map(RawValue::get);
     let body = checked_body(keyword, content)?;
     Ok(Inbound {
         keyword,
         call,
+        traceparent,
         body,
     })
+}
+
+/// `options.traceparent` of options already checked to be an object or
+/// null: the first `traceparent` key with a string value, when that
+/// string is a valid traceparent.
+fn traceparent(options: &RawValue) -> Option<TraceParent> {
+    struct First(Option<TraceParent>);
+    impl<'de> Deserialize<'de> for First {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = First;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_unit<E: de::Error>(self) -> Result<First, E> {
+                    Ok(First(None))
+                }
+                fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<First, A::Error> {
+                    let mut found: Option<Option<TraceParent>> = None;
+                    while let Some(key) = map.next_key::<Cow<str>>()? {
+                        let value: &RawValue = map.next_value()?;
+                        if key == "traceparent" && found.is_none() && value.get().starts_with('"') {
+                            let text: Cow<str> =
+                                serde_json::from_str(value.get()).map_err(de::Error::custom)?;
+                            found = Some(TraceParent::parse(&text));
+                        }
+                    }
+                    Ok(First(found.flatten()))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    serde_json::from_str::<First>(options.get()).ok()?.0
 }
 
 /// `options.call`, when the options give it.
@@ -448,6 +489,25 @@ pub fn encode(keyword: Keyword, content: Option<&str>, call: &CallId) -> Utf8Byt
     Utf8Bytes::from(s)
 }
 
+/// Builds an `invite` sent on by the server:
+/// `["invite", content, {"call": id, "traceparent": TRACEPARENT}]`, the
+/// trace context being the server's own (its span of the call as the
+/// parent). One allocation.
+pub fn encode_invite(content: &str, call: &CallId, traceparent: &TraceParent) -> Utf8Bytes {
+    use std::fmt::Write;
+    let id = call.as_str();
+    // Exactly the frame's length, as in `encode`.
+    let mut s = String::with_capacity(content.len() + id.len() + 95);
+    s.push_str("[\"invite\",");
+    s.push_str(content);
+    s.push_str(",{\"call\":\"");
+    s.push_str(id);
+    // A traceparent is hex digits and dashes: nothing to escape.
+    let _ = write!(s, "\",\"traceparent\":\"{traceparent}\"}}]");
+    debug_assert_eq!(s.len(), s.capacity());
+    Utf8Bytes::from(s)
+}
+
 /// The content of a server's bye: `{"code": N, "description": TEXT}`.
 pub fn bye_content(bye: ServerBye) -> String {
     serde_json::json!({ "code": bye.code.get(), "description": bye.description }).to_string()
@@ -557,6 +617,7 @@ mod tests {
             assert!(!unusual.contains(&text), "the fast reading accepted {text}");
             assert_eq!(fast.keyword, checked.keyword, "{text}");
             assert_eq!(fast.call, checked.call, "{text}");
+            assert_eq!(fast.traceparent, checked.traceparent, "{text}");
             assert_eq!(fast.body.raw(), checked.body.raw(), "{text}");
             assert_eq!(fast.body.bye_code(), checked.body.bye_code(), "{text}");
             if let (Body::Invite(a), Body::Invite(b)) = (&fast.body, &checked.body) {
@@ -674,6 +735,66 @@ mod tests {
         ));
         assert_eq!(FrameError::NotJson.close_code().get(), 1007);
         assert_eq!(FrameError::NotArray.close_code().get(), 1002);
+    }
+
+    #[test]
+    fn traceparent_is_read_when_valid_and_otherwise_ignored() {
+        const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let inv = r#"["invite",{"caller":{"uri":"a@a.test"},"callee":{"uri":"b@b.test"}},"#;
+        let with = |options: &str| format!("{inv}{options}]");
+        let valid = TraceParent::parse(TP);
+        assert!(valid.is_some());
+        let cases: [(String, Option<TraceParent>); 9] = [
+            (
+                with(&format!(r#"{{"call":"abcdefgh","traceparent":"{TP}"}}"#)),
+                valid,
+            ),
+            (
+                with(&format!(r#"{{"traceparent":"{TP}","call":"abcdefgh"}}"#)),
+                valid,
+            ),
+            // Anything but a valid traceparent is ignored, never refused.
+            (with(r#"{"traceparent":"00-nope"}"#), None),
+            (with(r#"{"traceparent":5}"#), None),
+            (with(r#"{"traceparent":{"a":[1]}}"#), None),
+            (with(r#"{"traceparent":null}"#), None),
+            (
+                with(&format!(r#"{{"traceparent":"{}"}}"#, "f".repeat(5000))),
+                None,
+            ),
+            // The first string given is the one read.
+            (
+                with(&format!(r#"{{"traceparent":"x","traceparent":"{TP}"}}"#)),
+                None,
+            ),
+            (
+                with(&format!(r#"{{"traceparent":1,"traceparent":"{TP}"}}"#)),
+                valid,
+            ),
+        ];
+        for (text, want) in &cases {
+            let fast = decode_fast(text).unwrap_or_else(|| panic!("fast: {text}"));
+            let checked = decode_checked(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(fast.traceparent, *want, "{text}");
+            assert_eq!(checked.traceparent, *want, "{text}");
+        }
+        // Escaped: left to the checked decoding, which unescapes it.
+        let escaped = with(&format!(r#"{{"traceparent":"\u0030{}"}}"#, &TP[1..]));
+        assert!(decode_fast(&escaped).is_none());
+        assert_eq!(decode(&escaped).unwrap().traceparent, valid);
+    }
+
+    #[test]
+    fn an_invite_sent_on_carries_the_servers_traceparent() {
+        let tp =
+            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
+        let content = r#"{"caller":{"uri":"a@a.test"},"callee":{"uri":"b@b.test"}}"#;
+        let id = CallId::parse("abcdefgh").unwrap();
+        let text = encode_invite(content, &id, &tp);
+        let back = decode(text.as_str()).unwrap();
+        assert_eq!(back.traceparent, Some(tp));
+        assert_eq!(back.call, Some(id));
+        assert_eq!(back.body.raw(), Some(content));
     }
 
     #[test]

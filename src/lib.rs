@@ -17,12 +17,14 @@
 //!   served by a swappable resolver, renewed; TLS-ALPN-01 answers);
 //! - [`router`]: who is where; drives the call machines; reaches other
 //!   domains through [`router::Remote`];
+//! - [`telemetry`]: spans of calls and links, exported over OTLP/HTTP
+//!   from a bounded queue (`[tracing]`);
 //! - [`peer`]: what every kind of peer shares (handle, outbox);
 //! - [`call`]: the call state machine, sans-IO;
 //! - [`frame`]: the wire: frames, JSON, typed bye and close codes;
 //! - [`auth`]: access tokens and the users file;
 //! - [`config`], [`address`], [`limits`], [`throttle`], [`logging`],
-//!   [`devcerts`]: the leaves.
+//!   [`trace`] (W3C trace context), [`devcerts`]: the leaves.
 
 pub mod acme;
 pub mod address;
@@ -42,7 +44,9 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod socket;
+pub mod telemetry;
 pub mod throttle;
+pub mod trace;
 
 pub use app::{App, StartError};
 pub use server::{Drain, Running, Server};

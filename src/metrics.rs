@@ -8,6 +8,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
@@ -49,6 +50,24 @@ pub struct Metrics {
     /// no series until ACME serves a certificate).
     certificate_days_left: Family<Labels, Gauge<f64, AtomicU64>>,
     acme_orders: Family<Labels, Counter>,
+    /// Invite to answer, and invite to transfer (both 101s), in seconds.
+    setup_answer: Histogram,
+    setup_transfer: Histogram,
+    /// A first call's wait for its link, by result (`ok` or the reason).
+    link_open: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Spans exported, failed to export, or dropped from a full queue.
+    spans: Family<Labels, Counter>,
+}
+
+/// The buckets of the call setup and link opening histograms, in seconds:
+/// 1 ms to 60 s (a link's opening is milliseconds; a person answers in
+/// seconds).
+const SETUP_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+
+fn setup_histogram() -> Histogram {
+    Histogram::new(SETUP_BUCKETS)
 }
 
 /// Why the server refused or closed something: `wspd_refusals_total{reason}`.
@@ -182,8 +201,64 @@ impl Metrics {
                 "cluster_redis_errors",
                 "Redis commands of the cluster that failed",
             ),
+            setup_answer: setup_histogram(),
+            setup_transfer: setup_histogram(),
+            link_open: Family::new_with_constructor(setup_histogram),
+            spans: metric(
+                &mut r,
+                "spans",
+                "Spans of calls and links given to the OTLP exporter, by result (exported, failed, dropped: the export queue was full)",
+            ),
             registry: r,
         }
+        .register_histograms()
+    }
+
+    /// The histograms, registered after the rest (their families need
+    /// constructors, not `Default`).
+    fn register_histograms(mut self) -> Self {
+        let setup: Family<Labels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(setup_histogram);
+        self.setup_answer = setup.get_or_create(&[("until", "answer")]).clone();
+        self.setup_transfer = setup.get_or_create(&[("until", "transfer")]).clone();
+        self.registry.register(
+            "call_setup_seconds",
+            "Time from a call's invite to its answer (the callee's offer) and to its transfer (both sides' bye 101)",
+            setup,
+        );
+        self.registry.register(
+            "link_open_seconds",
+            "Time the first call to a domain waited for the link to open, by result (ok, or the failure's reason)",
+            self.link_open.clone(),
+        );
+        self
+    }
+
+    /// A call was answered `seconds` after its invite.
+    pub fn call_answered(&self, seconds: f64) {
+        self.setup_answer.observe(seconds);
+    }
+
+    /// A call was transferred `seconds` after its invite.
+    pub fn call_transferred(&self, seconds: f64) {
+        self.setup_transfer.observe(seconds);
+    }
+
+    /// A link opened, or failed to, after `seconds`.
+    pub fn link_opened(&self, result: &'static str, seconds: f64) {
+        self.link_open
+            .get_or_create(&[("result", result)])
+            .observe(seconds);
+    }
+
+    /// Spans given to the exporter: `exported`, `failed`.
+    pub fn spans(&self, result: &'static str, n: u64) {
+        self.spans.get_or_create(&[("result", result)]).inc_by(n);
+    }
+
+    /// A span dropped (`dropped`: the export queue was full).
+    pub fn span(&self, result: &'static str) {
+        self.spans(result, 1);
     }
 
     pub fn frame(&self, k: Keyword) {

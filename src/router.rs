@@ -29,16 +29,24 @@ use tracing::{Span, debug, info, info_span, warn};
 use crate::address::{Address, CallId};
 use crate::call::{Call, Input, Output, Outputs, PeerId};
 use crate::config::Limits;
-use crate::frame::{self, ByeCode, Invite, Keyword, ServerBye};
+use crate::frame::{self, ByeCode, Invite, Keyword, Outcome, ServerBye};
 use crate::metrics::Metrics;
 use crate::peer::{Out, Peer};
+use crate::telemetry::{Recording, Telemetry};
+use crate::trace::{CallTrace, Origin, TraceParent};
 
 /// How the router reaches other domains.
 pub trait Remote: Send + Sync {
     /// The peer that carries calls to `domain`: a link that is up or being
     /// opened (frames queue in its outbox meanwhile). Refused at once by
-    /// policy or while the domain backs off.
-    fn peer_for(self: Arc<Self>, router: &Arc<Router>, domain: &str) -> Result<Peer, ServerBye>;
+    /// policy or while the domain backs off. `trace` is the call's: a
+    /// link opened for it is part of its trace.
+    fn peer_for(
+        self: Arc<Self>,
+        router: &Arc<Router>,
+        domain: &str,
+        trace: &CallTrace,
+    ) -> Result<Peer, ServerBye>;
 
     /// Whether `domain` is known here (configured, or with a link up in
     /// either direction), and so may name its own series in metrics. Other
@@ -131,6 +139,15 @@ struct CallState {
     timer: Option<AbortHandle>,
     /// The parent of the call's events. Never entered: the events name it.
     span: Span,
+    /// The call's trace (its id is a field of `span`).
+    trace: CallTrace,
+    /// The call's span for export, when its trace is sampled and spans
+    /// are exported; `None` costs nothing.
+    rec: Option<Recording>,
+    /// The last bye that ended the call for a party (for `rec`).
+    last_bye: Option<ByeCode>,
+    /// The caller's peer (for `rec`: which side transferred).
+    caller: PeerId,
     started: Instant,
     /// The other domain, for a call that crosses a link.
     remote: Option<String>,
@@ -160,6 +177,8 @@ pub struct Router {
     timers: TaskTracker,
     /// The other nodes of this domain, in a cluster.
     nodes: std::sync::OnceLock<Arc<dyn Nodes>>,
+    /// Where the spans of calls go (`Telemetry::off()`: nowhere).
+    telemetry: Arc<Telemetry>,
 }
 
 impl Router {
@@ -170,6 +189,7 @@ impl Router {
         metrics: Arc<Metrics>,
         remote: Option<Arc<dyn Remote>>,
         timers: TaskTracker,
+        telemetry: Arc<Telemetry>,
     ) -> Self {
         Router {
             domain,
@@ -183,6 +203,7 @@ impl Router {
             ringing: DashMap::new(),
             timers,
             nodes: std::sync::OnceLock::new(),
+            telemetry,
         }
     }
 
@@ -252,9 +273,11 @@ impl Router {
         to.deliver(Out::Frame(frame::encode_bye(bye, call)), &self.metrics);
     }
 
-    /// An invite from `from`, which came in as `via` says. Returns whether a
-    /// call started (every device of the callee has been sent the invite);
-    /// if not, the inviter has been sent the refusal and it was counted.
+    /// An invite from `from`, which came in as `via` says, with the
+    /// `traceparent` of its options when it had a valid one. Returns
+    /// whether a call started (every device of the callee has been sent
+    /// the invite); if not, the inviter has been sent the refusal and it
+    /// was counted.
     pub fn invite(
         self: &Arc<Self>,
         from: &Peer,
@@ -262,15 +285,20 @@ impl Router {
         span: &Span,
         id: &CallId,
         invite: &Invite<'_>,
+        traceparent: Option<TraceParent>,
     ) -> bool {
-        let here_only = matches!(via, Via::Node);
+        let origin = match via {
+            Via::Socket { .. } => Origin::Client,
+            Via::Link { .. } | Via::Node => Origin::Server,
+        };
+        let trace = CallTrace::new(traceparent, origin, self.telemetry.ratio());
         let started = self.admit(via, invite).and_then(|(caller, callee)| {
-            self.start(from, &caller, &callee, id, invite.raw, here_only)
+            self.start(from, via, &caller, &callee, id, invite.raw, &trace)
         });
         match started {
             Ok(()) => true,
             Err(r) => {
-                self.refuse(from, via, span, id, r);
+                self.refuse(from, via, span, id, r, &trace);
                 false
             }
         }
@@ -355,8 +383,27 @@ impl Router {
 
     /// Sends a refused invite its bye and counts it: every refusal, from a
     /// socket or a link, goes through here.
-    fn refuse(&self, from: &Peer, via: Via<'_>, span: &Span, id: &CallId, r: Refused) {
+    fn refuse(
+        &self,
+        from: &Peer,
+        via: Via<'_>,
+        span: &Span,
+        id: &CallId,
+        r: Refused,
+        trace: &CallTrace,
+    ) {
         let outcome = r.bye.outcome();
+        if let Some(mut rec) = self.telemetry.record(
+            "call",
+            opentelemetry::trace::SpanKind::Server,
+            trace,
+            std::time::SystemTime::now(),
+        ) {
+            rec.set("wsp.call.id", id.as_str().to_string());
+            rec.set("wsp.via", via_name(via));
+            end_call_span(rec, outcome, Some(r.bye.code));
+        }
+        let trace_id = trace.trace_id;
         self.metrics.call_ended(outcome);
         // The other domain is counted only when it is a link's
         // authenticated origin: a domain a client merely named is not.
@@ -365,33 +412,38 @@ impl Router {
         }
         let code = r.bye.code.get();
         match r.kind {
-            RefusedKind::Plain => debug!(parent: span, call = %id, code, "invite refused"),
+            RefusedKind::Plain => {
+                debug!(parent: span, call = %id, code, %trace_id, "invite refused")
+            }
             RefusedKind::Limit(limit) => {
                 self.metrics.limit_hit(limit);
-                debug!(parent: span, call = %id, code, limit, "invite refused");
+                debug!(parent: span, call = %id, code, limit, %trace_id, "invite refused");
             }
             RefusedKind::Spoofed => {
-                info!(parent: span, call = %id, "refused invite: caller is not this socket's user")
+                info!(parent: span, call = %id, %trace_id, "refused invite: caller is not this socket's user")
             }
             RefusedKind::Misrouted => {
                 self.metrics.link_failure("misrouted");
-                warn!(parent: span, call = %id, code, "refused invite: not from the link's origin to this domain");
+                warn!(parent: span, call = %id, code, %trace_id, "refused invite: not from the link's origin to this domain");
             }
         }
         self.bye(from, r.bye, Some(id));
     }
 
     /// Starts a call from `from` (a peer of `caller`) to `callee`.
+    #[allow(clippy::too_many_arguments)]
     fn start(
         self: &Arc<Self>,
         from: &Peer,
+        via: Via<'_>,
         caller: &Address,
         callee: &Address,
         id: &CallId,
         invite: &str,
-        here_only: bool,
+        trace: &CallTrace,
     ) -> Result<(), Refused> {
-        let devices = self.devices(from, callee, here_only)?;
+        let here_only = matches!(via, Via::Node);
+        let devices = self.devices(from, callee, here_only, trace)?;
         // An invite flood aimed at one user is bounded; the count is taken
         // here and given back when the call stops ringing (apply()).
         let ringing_for = self.hold_ringing(callee)?;
@@ -399,9 +451,25 @@ impl Router {
             .into_iter()
             .find(|d| *d != self.domain)
             .map(str::to_string);
-        let span = info_span!("call", id = %id, caller = %caller, callee = %callee);
+        let span = info_span!("call", id = %id, caller = %caller, callee = %callee, trace_id = %trace.trace_id);
         let ids: SmallVec<[PeerId; 3]> = devices.iter().map(|p| p.id).collect();
         let now = Instant::now();
+        let rec = self
+            .telemetry
+            .record(
+                "call",
+                opentelemetry::trace::SpanKind::Server,
+                trace,
+                std::time::SystemTime::now(),
+            )
+            .map(|mut rec| {
+                rec.set("wsp.call.id", id.as_str().to_string());
+                rec.set("wsp.caller", caller.to_string());
+                rec.set("wsp.callee", callee.to_string());
+                rec.set("wsp.via", via_name(via));
+                rec.set("wsp.devices", ids.len() as i64);
+                rec
+            });
         let (mut call, outputs) = Call::start(from.id, &ids, invite, now, self.limits.ring_timeout);
         if here_only {
             call.forked();
@@ -413,6 +481,10 @@ impl Router {
             peers,
             timer: None,
             span,
+            trace: *trace,
+            rec,
+            last_bye: None,
+            caller: from.id,
             started: now,
             remote,
             finished: false,
@@ -455,12 +527,13 @@ impl Router {
         from: &Peer,
         callee: &Address,
         here_only: bool,
+        trace: &CallTrace,
     ) -> Result<SmallVec<[Peer; 3]>, Refused> {
         if callee.domain() != self.domain {
             let Some(remote) = &self.remote else {
                 return Err(ServerBye::NO_FEDERATION.into());
             };
-            let link = remote.clone().peer_for(self, callee.domain())?;
+            let link = remote.clone().peer_for(self, callee.domain(), trace)?;
             return Ok(smallvec::smallvec![link]);
         }
         if let Some(known) = self.known_users()
@@ -569,7 +642,19 @@ impl Router {
     /// and must still hear the call's refusal.
     fn feed(&self, slot: &Slot, id: &CallId, input: Input<'_>, sender: Option<&Peer>) {
         let mut state = lock(slot);
+        let answered = state.call.is_answered();
+        let transfers = state.call.transfers();
         let outputs = state.call.handle(input);
+        if !answered && state.call.is_answered() {
+            self.metrics
+                .call_answered(state.started.elapsed().as_secs_f64());
+            if let Some(rec) = &mut state.rec {
+                rec.event("answer", Vec::new());
+            }
+        }
+        if state.rec.is_some() {
+            note(&mut state, input, &outputs, transfers);
+        }
         self.apply(&mut state, id, outputs, sender);
     }
 
@@ -616,6 +701,19 @@ impl Router {
         let mut gone: SmallVec<[PeerId; 2]> = SmallVec::new();
         for o in outputs {
             let (to, out) = match o {
+                // An invite sent on carries this server's trace context.
+                Output::Relay {
+                    to,
+                    keyword: Keyword::Invite,
+                    content: Some(content),
+                } => (
+                    to,
+                    Out::Frame(frame::encode_invite(
+                        content,
+                        id,
+                        &state.trace.traceparent(),
+                    )),
+                ),
                 Output::Relay {
                     to,
                     keyword,
@@ -660,6 +758,13 @@ impl Router {
         self.metrics.call_ended(outcome);
         if let Some(remote) = &state.remote {
             self.metrics.remote_call_ended(self.label(remote), outcome);
+        }
+        if outcome == Outcome::Transferred {
+            self.metrics
+                .call_transferred(state.started.elapsed().as_secs_f64());
+        }
+        if let Some(rec) = state.rec.take() {
+            end_call_span(rec, outcome, state.last_bye);
         }
         info!(
             parent: &state.span,
@@ -715,6 +820,64 @@ impl Router {
     /// Calls the server holds (for tests and shutdown).
     pub fn active_calls(&self) -> usize {
         self.calls.len()
+    }
+}
+
+/// What a call's span notes of one input (only while it is recorded):
+/// the first ringing relayed, each side's transfer, and the bye that
+/// ended the call for a party.
+fn note(state: &mut CallState, input: Input<'_>, outputs: &Outputs<'_>, transfers: u8) {
+    let caller = state.caller;
+    let Some(rec) = &mut state.rec else { return };
+    for o in outputs {
+        match *o {
+            Output::Relay {
+                keyword: Keyword::Ringing,
+                ..
+            } => rec.event("ringing", Vec::new()),
+            Output::Bye { bye, .. } => state.last_bye = Some(bye.code),
+            _ => {}
+        }
+    }
+    if let Input::Frame {
+        from,
+        keyword: Keyword::Bye,
+        bye_code: Some(code),
+        ..
+    } = input
+    {
+        if state.call.transfers() > transfers {
+            let side = if from == caller { "caller" } else { "callee" };
+            rec.event(
+                "transfer",
+                vec![opentelemetry::KeyValue::new("wsp.side", side)],
+            );
+        }
+        state.last_bye = Some(code);
+    }
+}
+
+/// Ends a call's span with its outcome and the code of the bye that
+/// ended it.
+fn end_call_span(mut rec: Recording, outcome: Outcome, bye: Option<ByeCode>) {
+    rec.set("wsp.outcome", outcome.as_str());
+    if let Some(code) = bye {
+        rec.set("wsp.bye_code", i64::from(code.get()));
+    }
+    if matches!(
+        outcome,
+        Outcome::Gone | Outcome::Unavailable | Outcome::Unreachable
+    ) {
+        rec.fail(outcome.as_str());
+    }
+    rec.end();
+}
+
+fn via_name(via: Via<'_>) -> &'static str {
+    match via {
+        Via::Socket { .. } => "socket",
+        Via::Link { .. } => "link",
+        Via::Node => "node",
     }
 }
 

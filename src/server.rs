@@ -577,7 +577,11 @@ async fn link_upgrade(
             "this server does not federate",
         );
     };
-    let origin = match links.authenticate(link_auth, conn.exporter).await {
+    let traceparent = req.headers().get("traceparent");
+    let origin = match links
+        .authenticate(link_auth, conn.exporter, traceparent)
+        .await
+    {
         Ok(origin) => origin,
         Err(r) => {
             app.metrics.refused(Refusal::Unauthorized);

@@ -192,7 +192,10 @@ impl Session {
                 user: &self.user,
                 calls: self.calls.len(),
             };
-            if self.router.invite(&self.me, via, &self.span, &id, inv) {
+            if self
+                .router
+                .invite(&self.me, via, &self.span, &id, inv, f.traceparent)
+            {
                 self.calls.push(id);
             }
             return Ok(());

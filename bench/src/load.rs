@@ -361,13 +361,21 @@ async fn next_text(ws: &mut Ws) -> anyhow::Result<Utf8Bytes> {
     }
 }
 
-/// Whether `text` is exactly `["keyword",content,{"call":"id"}]`.
+/// Whether `text` is exactly `["keyword",content,{"call":"id"}]`; an
+/// invite may also carry the server's trace context,
+/// `{"call":"id","traceparent":"00-..."}` (a valid one).
 fn is_frame(text: &str, keyword: &str, content: &str, id: &str) -> bool {
     (|| {
         let t = text.strip_prefix("[\"")?.strip_prefix(keyword)?;
         let t = t.strip_prefix("\",")?.strip_prefix(content)?;
         let t = t.strip_prefix(",{\"call\":\"")?.strip_prefix(id)?;
-        (t == "\"}]").then_some(())
+        if t == "\"}]" {
+            return Some(());
+        }
+        let tp = t
+            .strip_prefix("\",\"traceparent\":\"")?
+            .strip_suffix("\"}]")?;
+        (keyword == "invite" && wspd::trace::TraceParent::parse(tp).is_some()).then_some(())
     })()
     .is_some()
 }

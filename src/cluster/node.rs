@@ -111,7 +111,7 @@ pub fn on_frame(router: &Arc<Router>, from: &Peer, text: &str, span: &Span) {
     if let Body::Invite(inv) = &f.body {
         // The other node's peer is the call's inviter here: it learns of
         // the call as a party does, so that it can end it if that node dies.
-        if router.invite(from, Via::Node, span, &id, inv) {
+        if router.invite(from, Via::Node, span, &id, inv, f.traceparent) {
             from.deliver(Out::Attach(id), router.metrics());
         }
     } else {

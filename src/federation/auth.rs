@@ -16,6 +16,7 @@ use tracing::info;
 use crate::federation::dial::{self, DialError, Dialer, FetchError};
 use crate::federation::keys::{LinkAuth, PublishedKeys};
 use crate::metrics::Metrics;
+use crate::trace::Steps;
 
 /// How long fetched keys are trusted before they are fetched again.
 const KEYS_TTL: Duration = Duration::from_secs(3600);
@@ -143,6 +144,7 @@ impl LinkAuthenticator {
         allows: impl Fn(&str) -> bool,
         header: &str,
         exporter: Option<[u8; 32]>,
+        steps: &mut Steps,
     ) -> Result<String, LinkRefusal> {
         // The log has the details; `detail` is escaped (Debug), since it
         // can hold what the other side sent.
@@ -161,7 +163,7 @@ impl LinkAuthenticator {
         if auth.origin == self.domain || !allows(&auth.origin) {
             return Err(refuse("policy", POLICY, &auth.origin));
         }
-        self.verify(dialer, &auth, &exporter)
+        self.verify(dialer, &auth, &exporter, steps)
             .await
             .map_err(|(reason, r, detail)| refuse(reason, r, &detail))?;
         Ok(auth.origin)
@@ -174,18 +176,37 @@ impl LinkAuthenticator {
         dialer: &Dialer,
         auth: &LinkAuth,
         exporter: &[u8; 32],
+        steps: &mut Steps,
     ) -> Result<(), (&'static str, LinkRefusal, String)> {
-        let keys = self
-            .keys_for(dialer, &auth.origin, false)
-            .await
-            .map_err(|e| ("keys", KEYS_UNAVAILABLE, format!("{}: {e}", auth.origin)))?;
+        let mut t = Steps::start("keys");
+        t.detail = self
+            .cached(&auth.origin, false)
+            .ok()
+            .flatten()
+            .map(|_| "cached");
+        let keys = match self.keys_for(dialer, &auth.origin, false).await {
+            Ok(k) => {
+                steps.push(t, None);
+                k
+            }
+            Err(e) => {
+                steps.push(t, Some("keys"));
+                return Err(("keys", KEYS_UNAVAILABLE, format!("{}: {e}", auth.origin)));
+            }
+        };
+        let t = Steps::start("verify");
         let Err(first) = keys.verify(auth, exporter) else {
+            steps.push(t, None);
             return Ok(());
         };
+        steps.push(t, Some("auth"));
+        // A key not seen yet: the keys are fetched again, then checked.
+        let t = Steps::start("keys");
         let again = match self.keys_for(dialer, &auth.origin, true).await {
             Ok(fresh) if !Arc::ptr_eq(&fresh, &keys) => fresh.verify(auth, exporter),
             _ => Err(first),
         };
+        steps.push(t, again.as_ref().err().map(|_| "auth"));
         again.map_err(|e| ("auth", BAD_SIGNATURE, e.to_string()))
     }
 

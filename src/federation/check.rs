@@ -40,6 +40,7 @@ use crate::federation::links::{Links, LinksError};
 use crate::frame::{ByeCode, ServerBye};
 use crate::logging::Escaped;
 use crate::metrics::Metrics;
+use crate::telemetry::Telemetry;
 
 // The codes calls end with at each step, as the links would answer them.
 const POLICY: ByeCode = ServerBye::POLICY.code;
@@ -215,6 +216,7 @@ pub async fn check(config: &Config, domain: &str) -> Result<Report, CheckError> 
         Arc::new(Metrics::new()),
         CancellationToken::new(),
         TaskTracker::new(),
+        Arc::new(Telemetry::off()),
     )?;
     let probe = Probe {
         links,
@@ -599,7 +601,7 @@ impl Probe<'_> {
             .tls_handshake(tcp, &self.name)
             .await
             .map_err(|e| format!("{addr}: {e}"))?;
-        Ok(self.links.dialer().upgrade(tls, &self.domain).await)
+        Ok(self.links.dialer().upgrade(tls, &self.domain, None).await)
     }
 
     /// Closes an accepted link with 1000 and reads until the peer answers

@@ -26,6 +26,7 @@ use crate::federation::keys::{self, LinkAuth, LinkKey, PublishedKeys};
 use crate::frame::{ByeCode, SUBPROTOCOL, ServerBye};
 use crate::logging::Escaped;
 use crate::socket;
+use crate::trace::{Steps, TraceParent};
 
 /// The largest keys document.
 const MAX_KEYS_DOC: usize = 16 * 1024;
@@ -209,17 +210,40 @@ impl Dialer {
 
     /// Discovers `domain`, connects, checks its certificate for `domain`,
     /// signs and upgrades. Each address is tried in turn, each within
-    /// `federation.connect_timeout`.
-    pub async fn connect(&self, domain: &str) -> Result<LinkStream, DialError> {
-        let addrs = self.discovery.resolve(domain).await?;
+    /// `federation.connect_timeout`. Each step is timed in `steps`; the
+    /// upgrade carries `traceparent` (the link's opening as the parent of
+    /// the other server's acceptance).
+    pub async fn connect(
+        &self,
+        domain: &str,
+        traceparent: Option<TraceParent>,
+        steps: &mut Steps,
+    ) -> Result<LinkStream, DialError> {
+        let t = Steps::start("discovery");
+        let addrs = match self.discovery.resolve(domain).await {
+            Ok(a) => {
+                steps.push(t, None);
+                a
+            }
+            Err(e) => {
+                let e = DialError::from(e);
+                steps.push(t, Some(e.reason()));
+                return Err(e);
+            }
+        };
         let name = server_name(domain)?;
         let mut last = DialError::NoAddress;
         for addr in addrs {
-            let attempt = async {
-                let tls = self.tls_connect(addr, &name).await?;
-                Ok::<_, DialError>(self.upgrade(tls, domain).await?)
-            };
-            match tokio::time::timeout(self.connect_timeout, attempt).await {
+            let mut attempt = Steps::start("attempt");
+            attempt.addr = Some(addr);
+            let mut tried = Steps::default();
+            let r = tokio::time::timeout(
+                self.connect_timeout,
+                self.attempt(addr, &name, domain, traceparent, &mut tried),
+            )
+            .await;
+            steps.0.append(&mut tried.0);
+            match r {
                 Ok(Ok(ws)) => return Ok(ws),
                 Ok(Err(e)) => {
                     debug!(%addr, reason = e.reason(), "link attempt failed: {}", Escaped(&e));
@@ -229,6 +253,8 @@ impl Dialer {
                     last = e;
                 }
                 Err(_) => {
+                    // The step that was under way when time ran out.
+                    steps.push(attempt, Some("timeout"));
                     last = DialError::Timeout {
                         addr,
                         after: self.connect_timeout,
@@ -237,6 +263,54 @@ impl Dialer {
             }
         }
         Err(last)
+    }
+
+    /// TCP, TLS and the signed upgrade to one address, each step timed.
+    async fn attempt(
+        &self,
+        addr: SocketAddr,
+        name: &ServerName<'static>,
+        domain: &str,
+        traceparent: Option<TraceParent>,
+        steps: &mut Steps,
+    ) -> Result<LinkStream, DialError> {
+        let mut t = Steps::start("connect");
+        t.addr = Some(addr);
+        let tcp = match tcp_connect(addr).await {
+            Ok(tcp) => {
+                steps.push(t, None);
+                tcp
+            }
+            Err(source) => {
+                let e = DialError::Connect { addr, source };
+                steps.push(t, Some(e.reason()));
+                return Err(e);
+            }
+        };
+        let t = Steps::start("tls");
+        let tls = match self.tls_handshake(tcp, name).await {
+            Ok(tls) => {
+                steps.push(t, None);
+                tls
+            }
+            Err(source) => {
+                let e = DialError::Tls { addr, source };
+                steps.push(t, Some(e.reason()));
+                return Err(e);
+            }
+        };
+        let t = Steps::start("upgrade");
+        match self.upgrade(tls, domain, traceparent).await {
+            Ok(ws) => {
+                steps.push(t, None);
+                Ok(ws)
+            }
+            Err(e) => {
+                let e = DialError::from(e);
+                steps.push(t, Some(e.reason()));
+                Err(e)
+            }
+        }
     }
 
     /// TCP then TLS to `addr`, the certificate checked for `name` (the
@@ -265,11 +339,13 @@ impl Dialer {
     }
 
     /// The link upgrade to `domain` on a TLS connection to it, signed with
-    /// this server's key and bound to that TLS session.
+    /// this server's key and bound to that TLS session, with a
+    /// `traceparent` header when given.
     pub(crate) async fn upgrade(
         &self,
         tls: TlsStream<TcpStream>,
         domain: &str,
+        traceparent: Option<TraceParent>,
     ) -> Result<LinkStream, UpgradeError> {
         let exporter = keys::client_exporter(tls.get_ref().1).ok_or(UpgradeError::NoExporter)?;
         let auth = LinkAuth {
@@ -288,6 +364,11 @@ impl Dialer {
         );
         if let Ok(v) = HeaderValue::from_str(&auth.to_header()) {
             h.insert("Authorization", v);
+        }
+        if let Some(tp) = traceparent
+            && let Ok(v) = HeaderValue::from_str(&tp.to_string())
+        {
+            h.insert("traceparent", v);
         }
         let config = Some(socket::ws_config(self.max_frame_bytes));
         match tokio_tungstenite::client_async_with_config(req, tls, config).await {

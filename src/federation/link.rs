@@ -157,7 +157,10 @@ impl Handler for LinkHandler {
                 calls: self.calls.len(),
                 max_calls: self.max_calls,
             };
-            if self.router.invite(&self.peer, via, &self.span, &id, inv) {
+            if self
+                .router
+                .invite(&self.peer, via, &self.span, &id, inv, f.traceparent)
+            {
                 self.calls.push(id);
             }
         } else {

@@ -34,6 +34,8 @@ use crate::metrics::Metrics;
 use crate::peer::{Bounds, Peer};
 use crate::router::{Remote, Router};
 use crate::socket::PumpConfig;
+use crate::telemetry::Telemetry;
+use crate::trace::{CallTrace, Origin, SpanId, Steps, TraceParent};
 
 /// How many messages may wait for one link (all its calls together); its
 /// bytes are bounded by `limits.link_outbox_bytes`.
@@ -159,6 +161,8 @@ pub struct Links {
     up: DashMap<String, usize>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Where the spans of links' openings go.
+    telemetry: Arc<Telemetry>,
 }
 
 impl Links {
@@ -169,9 +173,10 @@ impl Links {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
+        telemetry: Arc<Telemetry>,
     ) -> Result<Links, LinksError> {
         let key = LinkKey::load_or_create(&fed.key)?;
-        Links::with_key(config, fed, key, metrics, shutdown, tasks)
+        Links::with_key(config, fed, key, metrics, shutdown, tasks, telemetry)
     }
 
     /// [`Links::new`] with the link key given (`wspd check` must not
@@ -183,6 +188,7 @@ impl Links {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
+        telemetry: Arc<Telemetry>,
     ) -> Result<Links, LinksError> {
         let discovery = Discovery::new(fed, metrics.clone())?;
         let dialer = Dialer::new(
@@ -210,6 +216,7 @@ impl Links {
             up: DashMap::new(),
             shutdown,
             tasks,
+            telemetry,
         })
     }
 
@@ -248,14 +255,50 @@ impl Links {
 
     /// Checks an incoming link's `Authorization: WSP-Link ...` header,
     /// bound to `exporter` (this TLS session's). Returns the origin domain.
+    /// `traceparent` is the upgrade's header: the acceptance (key fetch,
+    /// signature check) is a span of the trace of the origin's opening.
     pub async fn authenticate(
         &self,
         header: &str,
         exporter: Option<[u8; 32]>,
+        traceparent: Option<&http::HeaderValue>,
     ) -> Result<String, LinkRefusal> {
-        self.auth
-            .authenticate(&self.dialer, |d| self.allows(d), header, exporter)
-            .await
+        let parent = traceparent
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceParent::parse);
+        let trace = CallTrace::new(parent, Origin::Server, self.telemetry.ratio());
+        let start = std::time::SystemTime::now();
+        let mut steps = Steps::default();
+        let result = self
+            .auth
+            .authenticate(
+                &self.dialer,
+                |d| self.allows(d),
+                header,
+                exporter,
+                &mut steps,
+            )
+            .await;
+        debug!(
+            trace_id = %trace.trace_id,
+            steps = %steps.summary(),
+            ok = result.is_ok(),
+            "link authentication"
+        );
+        if let Some(mut rec) = self.telemetry.record(
+            "link accept",
+            opentelemetry::trace::SpanKind::Server,
+            &trace,
+            start,
+        ) {
+            match &result {
+                Ok(origin) => rec.set("wsp.origin", origin.clone()),
+                Err(r) => rec.fail(r.id),
+            }
+            rec.steps(&steps.0);
+            rec.end();
+        }
+        result
     }
 
     fn new_link(
@@ -286,26 +329,54 @@ impl Links {
     }
 
     /// Opens the link, then runs it; if it cannot be opened, every call
-    /// waiting for it is refused and the domain backs off.
-    async fn run_outbound(self: Arc<Self>, domain: String, mut run: LinkRun) {
+    /// waiting for it is refused and the domain backs off. `trace` is the
+    /// link opening's own span in the trace of the call that opened it.
+    async fn run_outbound(self: Arc<Self>, domain: String, mut run: LinkRun, trace: CallTrace) {
         let id = run.peer.id;
+        let start = std::time::SystemTime::now();
+        let clock = Instant::now();
+        let mut steps = Steps::default();
         // Only the setup runs in the link's span: once up, the link's
         // events name it (see socket::Handler::span).
         let connected = async {
             tokio::select! {
-                r = self.dialer.connect(&domain) => r,
+                r = self.dialer.connect(&domain, Some(trace.traceparent()), &mut steps) => r,
                 _ = self.shutdown.cancelled() => Err(DialError::Shutdown),
             }
         }
         .instrument(run.span.clone())
         .await;
+        let result = connected.as_ref().map_or_else(DialError::reason, |_| "ok");
+        self.metrics
+            .link_opened(result, clock.elapsed().as_secs_f64());
+        if let Some(mut rec) = self.telemetry.record(
+            "link open",
+            opentelemetry::trace::SpanKind::Client,
+            &trace,
+            start,
+        ) {
+            rec.set_local_parent();
+            rec.set("wsp.domain", domain.clone());
+            rec.set("wsp.result", result);
+            if let Err(e) = &connected {
+                rec.fail(e.reason());
+            }
+            rec.steps(&steps.0);
+            rec.end();
+        }
         let mut ws = match connected {
             Ok(ws) => ws,
-            Err(e) => return self.failed(&domain, e, &mut run),
+            Err(e) => return self.failed(&domain, e, &mut run, &trace, &steps),
         };
         self.metrics.link_attempt("ok");
         self.backoff.succeeded(&domain);
-        info!(parent: &run.span, "link up");
+        info!(
+            parent: &run.span,
+            trace_id = %trace.trace_id,
+            seconds = format_args!("{:.3}", clock.elapsed().as_secs_f64()),
+            steps = %steps.summary(),
+            "link up"
+        );
         let unlist = || {
             self.outbound.remove_if(&domain, |_, p| p.id == id);
         };
@@ -331,10 +402,25 @@ impl Links {
 
     /// A link that could not be opened: logged, counted, backed off from,
     /// and every call queued for it answered with the failure's bye.
-    fn failed(&self, domain: &str, e: DialError, run: &mut LinkRun) {
+    fn failed(
+        &self,
+        domain: &str,
+        e: DialError,
+        run: &mut LinkRun,
+        trace: &CallTrace,
+        steps: &Steps,
+    ) {
         let bye = e.bye();
         let reason = e.reason();
-        warn!(parent: &run.span, reason, code = bye.code.get(), "link to {domain} failed: {}", Escaped(&e));
+        warn!(
+            parent: &run.span,
+            reason,
+            code = bye.code.get(),
+            trace_id = %trace.trace_id,
+            steps = %steps.summary(),
+            "link to {domain} failed: {}",
+            Escaped(&e)
+        );
         self.metrics.link_attempt(reason);
         self.metrics.link_failure(reason);
         self.note_failure(domain, bye);
@@ -375,7 +461,12 @@ impl Links {
 impl Remote for Links {
     /// The link to `domain` for a new call: the one up or being opened, or
     /// a new one. Refused at once by policy or while backing off.
-    fn peer_for(self: Arc<Self>, router: &Arc<Router>, domain: &str) -> Result<Peer, ServerBye> {
+    fn peer_for(
+        self: Arc<Self>,
+        router: &Arc<Router>,
+        domain: &str,
+        trace: &CallTrace,
+    ) -> Result<Peer, ServerBye> {
         if !self.allows(domain) {
             return Err(ServerBye::POLICY);
         }
@@ -401,7 +492,13 @@ impl Remote for Links {
         let peer = run.peer.clone();
         let domain = domain.to_string();
         let tasks = self.tasks.clone();
-        tasks.spawn(async move { self.run_outbound(domain, run).await });
+        // The opening is a span of the call that asked for the link.
+        let trace = CallTrace {
+            span_id: SpanId::random(),
+            parent: Some(trace.span_id),
+            ..*trace
+        };
+        tasks.spawn(async move { self.run_outbound(domain, run, trace).await });
         Ok(peer)
     }
 

@@ -18,6 +18,7 @@ use std::borrow::Cow;
 
 use super::{Body, Bye, ByeCode, Inbound, Invite, Keyword};
 use crate::address::CallId;
+use crate::trace::TraceParent;
 
 /// Deeper values are left to the checked decoding (which allows 128).
 const MAX_DEPTH: usize = 16;
@@ -319,21 +320,30 @@ fn bye(s: &mut Scan<'_>) -> Option<ByeCode> {
     code.and_then(ByeCode::new)
 }
 
-/// `options`: the call id, when given.
-fn options(s: &mut Scan<'_>) -> Option<Option<CallId>> {
+/// `options`: the call id, when given, and the `traceparent`, when valid
+/// (the first `traceparent` key is read; anything but a valid one is
+/// ignored, never refused).
+fn options(s: &mut Scan<'_>) -> Option<(Option<CallId>, Option<TraceParent>)> {
     if s.null() {
-        return Some(None);
+        return Some((None, None));
     }
     let mut call: Option<Option<&str>> = None;
+    let mut traceparent: Option<Option<TraceParent>> = None;
     s.object(0, |s, key| match key {
         "call" if s.null() => once(&mut call, None),
         "call" => once(&mut call, Some(s.plain_string()?)),
+        "traceparent" if traceparent.is_none() && s.peek() == Some(b'"') => {
+            // An escaped string is left to the checked decoding.
+            traceparent = Some(TraceParent::parse(s.plain_string()?));
+            Some(())
+        }
         _ => s.skip_value(1),
     })?;
-    match call.flatten() {
-        Some(c) => CallId::parse(c).map(Some),
-        None => Some(None),
-    }
+    let call = match call.flatten() {
+        Some(c) => Some(CallId::parse(c)?),
+        None => None,
+    };
+    Some((call, traceparent.flatten()))
 }
 
 /// One pass over a frame that is well formed; `None` for anything else.
@@ -346,7 +356,7 @@ pub fn decode_fast(text: &str) -> Option<Inbound<'_>> {
     s.eat(b'[')?;
     let keyword = Keyword::parse(s.plain_string()?)?;
     let mut body = None;
-    let mut call = None;
+    let (mut call, mut traceparent) = (None, None);
     if s.eat(b',').is_some() {
         body = if s.null() {
             None
@@ -354,7 +364,7 @@ pub fn decode_fast(text: &str) -> Option<Inbound<'_>> {
             Some(content(&mut s, keyword)?)
         };
         if s.eat(b',').is_some() {
-            call = options(&mut s)?;
+            (call, traceparent) = options(&mut s)?;
         }
     }
     s.eat(b']')?;
@@ -372,6 +382,7 @@ pub fn decode_fast(text: &str) -> Option<Inbound<'_>> {
     Some(Inbound {
         keyword,
         call,
+        traceparent,
         body,
     })
 }

@@ -389,6 +389,20 @@ pub fn invite(caller: &str, callee: &str, id: &str) -> Value {
     json!(["invite", {"caller": {"uri": caller}, "callee": {"uri": callee}}, {"call": id}])
 }
 
+/// An invite as a callee receives it, less the server's `traceparent`
+/// option (which must be there, and valid).
+pub fn untraced(mut v: Value) -> Value {
+    let tp = v[2]["traceparent"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no traceparent in {v}"))
+        .to_string();
+    assert!(wspd::trace::TraceParent::parse(&tp).is_some(), "{tp}");
+    if let Some(o) = v[2].as_object_mut() {
+        o.remove("traceparent");
+    }
+    v
+}
+
 pub fn offer(id: &str) -> Value {
     json!(["offer", {"type": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\n"}, {"call": id}])
 }
