@@ -350,3 +350,110 @@ async fn export(
         warn!("span exporter shutdown: {}", Escaped(&e));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::Origin;
+
+    fn with_queue(n: usize, metrics: Arc<Metrics>) -> (Telemetry, mpsc::Receiver<SpanData>) {
+        let (tx, rx) = mpsc::channel(n);
+        let sink = Sink {
+            tx,
+            metrics,
+            scope: InstrumentationScope::builder("wspd").build(),
+        };
+        let t = Telemetry {
+            sink: Some(Arc::new(sink)),
+            ratio: 1.0,
+        };
+        (t, rx)
+    }
+
+    #[test]
+    fn a_full_queue_drops_spans_and_counts_them() {
+        let metrics = Arc::new(Metrics::new());
+        let (t, mut rx) = with_queue(2, metrics.clone());
+        let trace = CallTrace::new(None, Origin::Client, t.ratio());
+        for _ in 0..5 {
+            let rec = t.record("call", SpanKind::Server, &trace, SystemTime::now());
+            rec.expect("sampled at ratio 1").end();
+        }
+        assert!(
+            metrics
+                .render()
+                .contains("wspd_spans_total{result=\"dropped\"} 3"),
+            "{}",
+            metrics.render()
+        );
+        let first = rx.try_recv().unwrap();
+        assert_eq!(first.name, "call");
+        assert_eq!(
+            first.span_context.trace_id().to_bytes(),
+            trace.trace_id.0,
+            "the call's own ids"
+        );
+        assert_eq!(first.parent_span_id, OtelSpanId::INVALID);
+    }
+
+    #[test]
+    fn nothing_is_recorded_off_or_unsampled() {
+        let trace = CallTrace::new(None, Origin::Client, 1.0);
+        let off = Telemetry::off();
+        assert_eq!(off.ratio(), 0.0);
+        assert!(
+            off.record("call", SpanKind::Server, &trace, SystemTime::now())
+                .is_none()
+        );
+        let (t, _rx) = with_queue(2, Arc::new(Metrics::new()));
+        let unsampled = CallTrace {
+            sampled: false,
+            ..trace
+        };
+        assert!(
+            t.record("call", SpanKind::Server, &unsampled, SystemTime::now())
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn steps_become_child_spans_with_their_times() {
+        let (t, mut rx) = with_queue(8, Arc::new(Metrics::new()));
+        let trace = CallTrace::new(None, Origin::Client, 1.0);
+        let start = SystemTime::now();
+        let rec = t
+            .record("link open", SpanKind::Client, &trace, start)
+            .unwrap();
+        let steps = [
+            Step {
+                name: "discovery",
+                start,
+                took: Duration::from_millis(3),
+                addr: None,
+                detail: None,
+                failed: None,
+            },
+            Step {
+                name: "connect",
+                start: start + Duration::from_millis(3),
+                took: Duration::from_millis(2),
+                addr: Some("127.0.0.1:443".parse().unwrap()),
+                detail: None,
+                failed: Some("connect"),
+            },
+        ];
+        rec.steps(&steps);
+        rec.end();
+        let d = rx.try_recv().unwrap();
+        assert_eq!(d.name, "discovery");
+        assert_eq!(d.parent_span_id.to_bytes(), trace.span_id.0);
+        assert_eq!(
+            d.end_time.duration_since(d.start_time).unwrap(),
+            Duration::from_millis(3)
+        );
+        let c = rx.try_recv().unwrap();
+        assert_eq!(c.name, "connect");
+        assert!(matches!(c.status, Status::Error { .. }));
+        assert_eq!(rx.try_recv().unwrap().name, "link open");
+    }
+}

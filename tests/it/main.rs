@@ -27,6 +27,7 @@ mod faults;
 mod federation;
 mod input;
 mod limits;
+mod otlp;
 mod props;
 mod reload;
 mod session_info;

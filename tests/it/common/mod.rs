@@ -765,8 +765,14 @@ impl Wspd {
     /// Starts `wspd --config <config>` with `RUST_LOG` set to `log` and
     /// waits (bounded) for its "listening on" line.
     pub async fn start(config: &Path, log: &str) -> Wspd {
+        Wspd::start_with(config, log, &[]).await
+    }
+
+    /// [`Wspd::start`] with more arguments (`--log-format json`).
+    pub async fn start_with(config: &Path, log: &str, args: &[&str]) -> Wspd {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wspd"))
+            .args(args)
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", log)
