@@ -62,6 +62,11 @@ struct Cli {
     /// different N give the instructions of one call (docs/performance.md).
     #[arg(long, value_name = "N", hide = true)]
     profile_calls: Option<u64>,
+    /// With --profile-calls: the servers export their spans to this
+    /// OTLP/HTTP endpoint (`[tracing] otlp_endpoint`), for the cost of
+    /// tracing on.
+    #[arg(long, value_name = "URL", hide = true)]
+    otlp_endpoint: Option<String>,
     /// The servers' log filter (as RUST_LOG); `info` is wspd's default.
     #[arg(long, default_value = "info", value_name = "FILTER")]
     server_log: String,
@@ -420,6 +425,9 @@ async fn profile_calls(cli: &Cli, n: u64, dir: &Path, script: &Arc<Script>) -> a
                 c = certs.display(),
                 k = dir.join(format!("{me}.key")).display(),
             ));
+        }
+        if let Some(url) = &cli.otlp_endpoint {
+            text.push_str(&format!("[tracing]\notlp_endpoint = \"{url}\"\n"));
         }
         let path = dir.join(format!("{me}.toml"));
         std::fs::write(&path, text)?;
