@@ -494,7 +494,6 @@ pub fn encode(keyword: Keyword, content: Option<&str>, call: &CallId) -> Utf8Byt
 /// trace context being the server's own (its span of the call as the
 /// parent). One allocation.
 pub fn encode_invite(content: &str, call: &CallId, traceparent: &TraceParent) -> Utf8Bytes {
-    use std::fmt::Write;
     let id = call.as_str();
     // Exactly the frame's length, as in `encode`.
     let mut s = String::with_capacity(content.len() + id.len() + 95);
@@ -503,7 +502,9 @@ pub fn encode_invite(content: &str, call: &CallId, traceparent: &TraceParent) ->
     s.push_str(",{\"call\":\"");
     s.push_str(id);
     // A traceparent is hex digits and dashes: nothing to escape.
-    let _ = write!(s, "\",\"traceparent\":\"{traceparent}\"}}]");
+    s.push_str("\",\"traceparent\":\"");
+    traceparent.push_to(&mut s);
+    s.push_str("\"}]");
     debug_assert_eq!(s.len(), s.capacity());
     Utf8Bytes::from(s)
 }

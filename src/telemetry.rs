@@ -95,6 +95,11 @@ impl Telemetry {
         tasks: &TaskTracker,
     ) -> Result<Telemetry, TelemetryError> {
         use opentelemetry_otlp::{Protocol, WithExportConfig};
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(TelemetryError(
+                "the exporter needs the server's runtime".into(),
+            ));
+        }
         // The `hyper-client` feature: requests on this runtime, each
         // within the timeout, the answer's body bounded.
         let mut exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -136,6 +141,20 @@ impl Telemetry {
     /// The sampling ratio: 0 when nothing is exported.
     pub fn ratio(&self) -> f64 {
         if self.sink.is_some() { self.ratio } else { 0.0 }
+    }
+
+    /// [`Telemetry::record`] starting now (the clock is read only for a
+    /// span that is recorded).
+    pub fn record_now(
+        &self,
+        name: &'static str,
+        kind: SpanKind,
+        trace: &CallTrace,
+    ) -> Option<Recording> {
+        if self.sink.is_none() || !trace.sampled {
+            return None;
+        }
+        self.record(name, kind, trace, SystemTime::now())
     }
 
     /// A span of `trace` (this server's span of it: `trace.span_id`, its
@@ -336,7 +355,16 @@ async fn export(
                 _ = shutdown.cancelled() => break,
             }
         }
-        send(batch, EXPORT_TIMEOUT).await;
+        let n = batch.len() as u64;
+        // A shutdown does not wait for a slow collector: the batch under
+        // way is given up, what is queued gets one more try below.
+        tokio::select! {
+            _ = send(batch, EXPORT_TIMEOUT) => {}
+            _ = shutdown.cancelled() => {
+                metrics.spans("failed", n);
+                break;
+            }
+        }
     }
     // Shutting down: the calls ended by the drain are queued by now.
     let mut rest = Vec::new();

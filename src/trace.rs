@@ -152,14 +152,40 @@ impl TraceParent {
     }
 }
 
+impl TraceParent {
+    /// The length of a version-00 value.
+    pub const LEN: usize = 55;
+
+    /// The version-00 value, written without the formatting machinery
+    /// (it goes into every invite the server sends).
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        for (i, b) in self.trace_id.0.iter().enumerate() {
+            out[3 + 2 * i] = HEX[usize::from(b >> 4)];
+            out[4 + 2 * i] = HEX[usize::from(b & 0xf)];
+        }
+        for (i, b) in self.parent_id.0.iter().enumerate() {
+            out[36 + 2 * i] = HEX[usize::from(b >> 4)];
+            out[37 + 2 * i] = HEX[usize::from(b & 0xf)];
+        }
+        if self.sampled {
+            out[54] = b'1';
+        }
+        out
+    }
+
+    /// [`TraceParent::to_bytes`] pushed onto `s`.
+    pub fn push_to(&self, s: &mut String) {
+        // Only ASCII hex digits and dashes were written.
+        s.push_str(std::str::from_utf8(&self.to_bytes()).unwrap_or_default());
+    }
+}
+
 impl fmt::Display for TraceParent {
     /// The version-00 header value, 55 characters.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("00-")?;
-        write_hex(f, &self.trace_id.0)?;
-        f.write_str("-")?;
-        write_hex(f, &self.parent_id.0)?;
-        f.write_str(if self.sampled { "-01" } else { "-00" })
+        f.write_str(std::str::from_utf8(&self.to_bytes()).unwrap_or_default())
     }
 }
 
