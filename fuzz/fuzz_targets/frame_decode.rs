@@ -33,6 +33,7 @@ fn check(text: &str) {
             .unwrap_or_else(|e| panic!("fast reading accepted {text:?}, checked refuses: {e}"));
         assert_eq!(fast.keyword, checked.keyword);
         assert_eq!(fast.call, checked.call);
+        assert_eq!(fast.traceparent, checked.traceparent);
         assert_eq!(fast.body.raw(), checked.body.raw());
         assert_eq!(fast.body.bye_code(), checked.body.bye_code());
         if let (Body::Invite(a), Body::Invite(b)) = (&fast.body, &checked.body) {
