@@ -68,6 +68,9 @@ function follow(c) {
   // An incoming call shows its controls once accepted.
   showCall(c.direction === 'out');
   $('remote-label').textContent = c.peer.name || c.peer.uri;
+  // The id both servers log the call under; kept shown after the call.
+  $('trace-id').textContent = c.traceId ?? '';
+  $('trace-line').hidden = !c.traceId;
   c.onringing = () => setCallState('ringing');
   c.ontrack = (_track, streams) => {
     if (streams[0]) $('remote-video').srcObject = streams[0];

@@ -95,6 +95,7 @@ export declare const RESUME_RETRY_CAP_MS = 5000;
 export type Keyword = 'invite' | 'ringing' | 'offer' | 'answer' | 'icecandidate' | 'bye' | 'message';
 export type FrameOptions = {
     call?: string;
+    traceparent?: string;
 };
 export type Frame = {
     keyword: Keyword;
@@ -203,9 +204,10 @@ export type AcceptOptions = {
  * @typedef {'invite'|'ringing'|'offer'|'answer'|'icecandidate'|'bye'|'message'} Keyword
  */
 /**
- * The options of a socket frame. The server reads `call` only.
+ * The options of a socket frame. The server reads `call`, and the
+ * `traceparent` of an invite.
  *
- * @typedef {{call?: string}} FrameOptions
+ * @typedef {{call?: string, traceparent?: string}} FrameOptions
  */
 /**
  * A decoded frame.
@@ -440,6 +442,16 @@ export declare function tokenSubject(token: string): string | null;
  */
 export declare function backoffDelay(attempt: number, random?: () => number): number;
 /**
+ * A fresh W3C trace context for a call this page places: a random trace
+ * id and span id, flags `00` (the page records nothing itself).
+ *
+ * @returns {{traceId: string, traceparent: string}}
+ */
+export declare function newTraceParent(): {
+    traceId: string;
+    traceparent: string;
+};
+/**
  * One signalling connection to the user's own WSP server, and its calls.
  *
  * ```js
@@ -542,9 +554,11 @@ export declare class WspConnection {
     close(): void;
     /**
      * Places a call to `uri`. Sends
-     * `["invite", {caller: {uri: user, name}, callee: {uri}}, {call: id}]`
-     * with a random 128-bit id. The RTCPeerConnection (`call.pc`) is
-     * created at once, with the tracks of `options.stream`.
+     * `["invite", {caller: {uri: user, name}, callee: {uri}}, {call: id, traceparent}]`
+     * with a random 128-bit id and a fresh W3C trace context, whose trace
+     * id is `call.traceId` (the servers log the call under it). The
+     * RTCPeerConnection (`call.pc`) is created at once, with the tracks of
+     * `options.stream`.
      *
      * @param {string} uri
      * @param {CallOptions} [options]
@@ -620,6 +634,15 @@ export declare class Call {
     onstats: ((this: Call, stats: RTCStatsReport) => void) | null;
     /** @type {string} */
     id: string;
+    /**
+     * The call's W3C trace id (32 hex digits): for an outgoing call the
+     * one this page sent, for an incoming one the one the server sent
+     * with the invite. Both servers of a call between two domains log it,
+     * so a "report a problem" dialog can show it. `null` when an incoming
+     * invite had none.
+     * @type {string|null}
+     */
+    traceId: string | null;
     /** @type {'in'|'out'} */
     direction: 'in' | 'out';
     /**

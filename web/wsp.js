@@ -151,9 +151,10 @@ const BYE_DESCRIPTIONS = /** @type {Record<number, string>} */ ({
  */
 
 /**
- * The options of a socket frame. The server reads `call` only.
+ * The options of a socket frame. The server reads `call`, and the
+ * `traceparent` of an invite.
  *
- * @typedef {{call?: string}} FrameOptions
+ * @typedef {{call?: string, traceparent?: string}} FrameOptions
  */
 
 /**
@@ -530,6 +531,35 @@ function newCallId() {
 }
 
 /**
+ * A fresh W3C trace context for a call this page places: a random trace
+ * id and span id, flags `00` (the page records nothing itself).
+ *
+ * @returns {{traceId: string, traceparent: string}}
+ */
+export function newTraceParent() {
+    const hex = (/** @type {number} */ n) => {
+        const a = new Uint8Array(n);
+        crypto.getRandomValues(a);
+        if (a.every((b) => b === 0))
+            a[n - 1] = 1;
+        return Array.from(a, (b) => b.toString(16).padStart(2, '0')).join('');
+    };
+    const traceId = hex(16);
+    return {traceId, traceparent: `00-${traceId}-${hex(8)}-00`};
+}
+
+/**
+ * The trace id of a `traceparent` option, when it is a valid one.
+ *
+ * @param {unknown} tp
+ * @returns {string|null}
+ */
+function traceIdOf(tp) {
+    const m = typeof tp === 'string' && /^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$/.exec(tp);
+    return m && !/^0+$/.test(m[1]) ? m[1] : null;
+}
+
+/**
  * The socket URL without any token: ws: or wss:, http(s) turned into
  * ws(s), relative URLs resolved against the page.
  *
@@ -806,9 +836,11 @@ export class WspConnection {
 
     /**
      * Places a call to `uri`. Sends
-     * `["invite", {caller: {uri: user, name}, callee: {uri}}, {call: id}]`
-     * with a random 128-bit id. The RTCPeerConnection (`call.pc`) is
-     * created at once, with the tracks of `options.stream`.
+     * `["invite", {caller: {uri: user, name}, callee: {uri}}, {call: id, traceparent}]`
+     * with a random 128-bit id and a fresh W3C trace context, whose trace
+     * id is `call.traceId` (the servers log the call under it). The
+     * RTCPeerConnection (`call.pc`) is created at once, with the tracks of
+     * `options.stream`.
      *
      * @param {string} uri
      * @param {CallOptions} [options]
@@ -823,6 +855,8 @@ export class WspConnection {
         if (!this.#socketOpen() || !this.user)
             throw new WspError('not-connected', 'the signalling socket is not open');
         const call = new Call(this, newCallId(), 'out', {uri});
+        const trace = newTraceParent();
+        call.traceId = trace.traceId;
         call._start(options.rtcConfiguration ?? this.rtcConfiguration, options.stream);
         /** @type {Invitation} */
         const invitation = {caller: {uri: this.user}, callee: {uri}};
@@ -830,7 +864,7 @@ export class WspConnection {
             invitation.caller.name = options.name;
         this.calls.set(call.id, call);
         try {
-            this._send('invite', invitation, call.id);
+            this._send('invite', invitation, call.id, {traceparent: trace.traceparent});
         } catch (e) {
             call._abort();
             throw e;
@@ -844,14 +878,15 @@ export class WspConnection {
      * @param {Keyword} keyword
      * @param {unknown} content
      * @param {string} callId
+     * @param {FrameOptions} [options] - more options than the call id
      * @throws {WspError} `not-connected`
      */
-    _send(keyword, content, callId) {
+    _send(keyword, content, callId, options) {
         const ws = this.socket;
         if (!ws || !this.#socketOpen())
             throw new WspError('not-connected', `cannot send ${keyword}: the signalling socket is not open`,
                                {callId});
-        ws.send(encodeFrame(keyword, content, {call: callId}));
+        ws.send(encodeFrame(keyword, content, {call: callId, ...options}));
     }
 
     /**
@@ -1166,6 +1201,7 @@ export class WspConnection {
         if (typeof invitation.caller.name === 'string')
             peer.name = invitation.caller.name;
         const call = new Call(this, id, 'in', peer);
+        call.traceId = traceIdOf(frame.options?.traceparent);
         this.calls.set(id, call);
         if (!this.onincoming) {
             call.decline(486);
@@ -1298,6 +1334,15 @@ export class Call {
 
     /** @type {string} */
     id;
+    /**
+     * The call's W3C trace id (32 hex digits): for an outgoing call the
+     * one this page sent, for an incoming one the one the server sent
+     * with the invite. Both servers of a call between two domains log it,
+     * so a "report a problem" dialog can show it. `null` when an incoming
+     * invite had none.
+     * @type {string|null}
+     */
+    traceId = null;
     /** @type {'in'|'out'} */
     direction;
     /**

@@ -57,7 +57,8 @@ test('call() sends an invite with a random 128-bit id and our address', async ()
   assert.equal(conn.user, ALICE);
   const call = conn.call('bob@b.example', { name: 'Alice' });
   assert.match(call.id, /^[0-9a-f]{32}$/);
-  assert.deepEqual(ws.frames, [['invite', { caller: { uri: ALICE, name: 'Alice' }, callee: { uri: 'bob@b.example' } }, { call: call.id }]]);
+  const traceparent = `00-${call.traceId}-${ws.frames[0][2].traceparent.slice(36, 52)}-00`;
+  assert.deepEqual(ws.frames, [['invite', { caller: { uri: ALICE, name: 'Alice' }, callee: { uri: 'bob@b.example' } }, { call: call.id, traceparent }]]);
   assert.equal(call.direction, 'out');
   assert.deepEqual(call.peer, { uri: 'bob@b.example' });
   assert.equal(call.state, 'inviting');
