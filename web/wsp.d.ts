@@ -443,11 +443,13 @@ export declare function tokenSubject(token: string): string | null;
 export declare function backoffDelay(attempt: number, random?: () => number): number;
 /**
  * A fresh W3C trace context for a call this page places: a random trace
- * id and span id, flags `00` (the page records nothing itself).
+ * id (or `traceId`, to continue a call's trace) and span id, flags `00`
+ * (the page records nothing itself).
  *
+ * @param {string} [traceId] - 32 lowercase hex digits
  * @returns {{traceId: string, traceparent: string}}
  */
-export declare function newTraceParent(): {
+export declare function newTraceParent(traceId?: string): {
     traceId: string;
     traceparent: string;
 };

@@ -532,11 +532,13 @@ function newCallId() {
 
 /**
  * A fresh W3C trace context for a call this page places: a random trace
- * id and span id, flags `00` (the page records nothing itself).
+ * id (or `traceId`, to continue a call's trace) and span id, flags `00`
+ * (the page records nothing itself).
  *
+ * @param {string} [traceId] - 32 lowercase hex digits
  * @returns {{traceId: string, traceparent: string}}
  */
-export function newTraceParent() {
+export function newTraceParent(traceId) {
     const hex = (/** @type {number} */ n) => {
         const a = new Uint8Array(n);
         crypto.getRandomValues(a);
@@ -544,8 +546,8 @@ export function newTraceParent() {
             a[n - 1] = 1;
         return Array.from(a, (b) => b.toString(16).padStart(2, '0')).join('');
     };
-    const traceId = hex(16);
-    return {traceId, traceparent: `00-${traceId}-${hex(8)}-00`};
+    const id = traceId ?? hex(16);
+    return {traceId: id, traceparent: `00-${id}-${hex(8)}-00`};
 }
 
 /**
@@ -2101,8 +2103,10 @@ export class Call {
         /** @type {Invitation} */
         const invitation = {caller: {uri: /** @type {string} */ (this.#conn.user)}, callee: {uri: this.peer.uri},
                             resume: true};
+        // The call's own trace: both servers log the resume under it.
+        const trace = this.traceId ? {traceparent: newTraceParent(this.traceId).traceparent} : undefined;
         try {
-            this.#conn._send('invite', invitation, this.id);
+            this.#conn._send('invite', invitation, this.id, trace);
         } catch (e) {
             this.#conn._error(/** @type {WspError} */ (e));
             return;

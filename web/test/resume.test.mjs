@@ -97,6 +97,12 @@ test('a broken path is resumed through the servers: an ICE restart, bye 101 agai
   assert.equal(server.calls.size, 0, 'the server forgot the call again');
   assert.equal(server.log[0].id, out.id, 'the same call id');
   assert.deepEqual(server.log[0].content, { caller: { uri: ALICE }, callee: { uri: BOB }, resume: true });
+  // It continues the call's trace: same trace id, a span id of its own.
+  const invites = alice.socket.frames.filter((f) => f[0] === 'invite').map((f) => f[2].traceparent.split('-'));
+  assert.equal(invites.length, 2);
+  assert.equal(invites[1][1], out.traceId);
+  assert.equal(invites[1][1], invites[0][1]);
+  assert.notEqual(invites[1][2], invites[0][2]);
   // The same objects, restarted: the callee offered with iceRestart.
   assert.deepEqual([out.pc, incoming.pc], pcs);
   assert.deepEqual([out.channel, incoming.channel], channels);
