@@ -53,6 +53,10 @@ callTest('a call carries audio and video both ways, transfers on both sides, and
   const first = await Promise.all([pageA, pageB].map((p) => p.evaluate(([m, ms]) => window.t.inboundAbove(m, ms), [FIRST, WAIT_MS])));
   const second = await Promise.all([pageA, pageB].map((p, i) => p.evaluate(([m, ms]) => window.t.inboundAbove(m, ms), [above(first[i]), WAIT_MS])));
   t.diagnostic(`video frames decoded: alice ${first[0].video.framesDecoded} -> ${second[0].video.framesDecoded}, bob ${first[1].video.framesDecoded} -> ${second[1].video.framesDecoded}`);
+  // One trace id for the call on both pages (and so on both servers).
+  const traces = await Promise.all([pageA, pageB].map((p) => p.evaluate(() => window.t.call.traceId)));
+  assert.match(traces[0], /^[0-9a-f]{32}$/);
+  assert.equal(traces[1], traces[0]);
   // Both servers forgot the call.
   await noActiveCalls([w.a, w.b]);
   for (const s of [w.a, w.b]) {

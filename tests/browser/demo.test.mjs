@@ -160,6 +160,11 @@ demoTest('by clicks: Alice calls bob@b.test, Bob accepts, both see each other, t
   t.diagnostic(`clicks: Call to both transferred ${Math.round(tTransferred - t0)} ms, remote videos playing ${Math.round(performance.now() - t0)} ms: ${JSON.stringify(sizes)}`);
   assert.equal(await textOf(w.pageA, '#remote-label'), 'bob@b.test');
   assert.equal(await textOf(w.pageB, '#remote-label'), 'alice@a.test');
+  // One trace id for the call, shown on both pages: Alice's page chose it,
+  // a.test continued it across the link, b.test gave it to Bob's page.
+  const traceA = await textOf(w.pageA, '#trace-id');
+  assert.match(traceA, /^[0-9a-f]{32}$/);
+  assert.equal(await textOf(w.pageB, '#trace-id'), traceA);
   for (const page of [w.pageA, w.pageB]) {
     assert.equal(await page.locator('#hangup').isVisible(), true);
     assert.equal(await page.locator('#message-form').isVisible(), true);
