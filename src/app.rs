@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::ProducesTickets;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +65,9 @@ pub struct App {
     pub tasks: TaskTracker,
     /// The TLS acceptor for new connections, replaced on reload.
     tls: std::sync::RwLock<Option<TlsAcceptor>>,
+    /// Seals TLS session tickets; kept across reloads, so that a client
+    /// resumes its session after a certificate change too.
+    tickets: Arc<dyn ProducesTickets>,
     /// With `[tls] acme = true`: the certificate's lifecycle, taken by the
     /// server's run (see [`App::take_acme`]).
     acme: std::sync::Mutex<Option<Acme>>,
@@ -80,12 +84,13 @@ impl App {
         let known = known_users(users.as_deref());
         refuse_dev_certs(&config, config.listen)?;
         let metrics = Arc::new(Metrics::new());
+        let tickets = session_tickets()?;
         let (tls, acme) = match &config.tls {
             None => (None, None),
-            Some(Tls::Files { cert, key }) => (Some(load_tls(cert, key)?), None),
+            Some(Tls::Files { cert, key }) => (Some(load_tls(cert, key, &tickets)?), None),
             Some(Tls::Acme(settings)) => {
                 let acme = Acme::new(settings, metrics.clone())?;
-                (Some(acme.acceptor()), Some(acme))
+                (Some(acme.acceptor(tickets.clone())), Some(acme))
             }
         };
         let shutdown = CancellationToken::new();
@@ -146,6 +151,7 @@ impl App {
             draining: AtomicBool::new(false),
             tasks,
             tls: std::sync::RwLock::new(tls),
+            tickets,
             acme: std::sync::Mutex::new(acme),
             cluster,
         };
@@ -215,7 +221,7 @@ impl App {
         let tls = match (&new.tls, &old.tls) {
             (Some(Tls::Files { cert, key }), Some(Tls::Files { .. })) => {
                 refuse_dev_certs(new, old.listen)?;
-                Some(load_tls(cert, key)?)
+                Some(load_tls(cert, key, &self.tickets)?)
             }
             _ => None,
         };
@@ -288,7 +294,24 @@ fn refuse_dev_certs(config: &Config, listen: SocketAddr) -> Result<(), StartErro
     Ok(())
 }
 
-fn load_tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, StartError> {
+/// Stateless TLS session resumption: the server seals a session into the
+/// ticket it gives the client (TLS 1.3 tickets, and TLS 1.2 ones), so that
+/// a client coming back (a reconnection, a reconnect storm after a network
+/// blip) skips the certificate signature, and the server keeps nothing per
+/// session. rustls's default keeps 256 sessions in memory, which does not
+/// cover a node's clients. The keys are random, held in memory only and
+/// rotated every 6 hours (tickets live 12 hours): after a restart, and on
+/// another node of a cluster, clients make a full handshake.
+pub fn session_tickets() -> Result<Arc<dyn ProducesTickets>, StartError> {
+    rustls::crypto::ring::Ticketer::new()
+        .map_err(|e| StartError::Tls(format!("session tickets: {e}")))
+}
+
+fn load_tls(
+    cert: &Path,
+    key: &Path,
+    tickets: &Arc<dyn ProducesTickets>,
+) -> Result<TlsAcceptor, StartError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| StartError::Tls(format!("cert {}: {e}", cert.display())))?;
@@ -305,5 +328,6 @@ fn load_tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, StartError> {
         .with_single_cert(certs, key)
         .map_err(|e| StartError::Tls(e.to_string()))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.ticketer = tickets.clone();
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }

@@ -146,11 +146,13 @@ impl Acme {
 
     /// The acceptor of the TLS listener: every handshake asks the resolver,
     /// and `acme-tls/1` is offered beside HTTP/1.1 for the validations.
-    pub fn acceptor(&self) -> TlsAcceptor {
+    /// Sessions resume with `tickets` (see `app::session_tickets`).
+    pub fn acceptor(&self, tickets: Arc<dyn rustls::server::ProducesTickets>) -> TlsAcceptor {
         let mut cfg = rustls::ServerConfig::builder()
             .with_no_client_auth()
             .with_cert_resolver(self.resolver.clone());
         cfg.alpn_protocols = vec![b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+        cfg.ticketer = tickets;
         TlsAcceptor::from(Arc::new(cfg))
     }
 

@@ -84,3 +84,101 @@ async fn missing_certificate_files_stop_the_server_with_a_clear_error() {
         "{text}"
     );
 }
+
+/// A client that keeps the sessions it is given (rustls's in-memory
+/// store), as a browser does.
+fn resuming_connector() -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(Path::new("certs/ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.resumption = rustls::client::Resumption::in_memory_sessions(4);
+    TlsConnector::from(Arc::new(cfg))
+}
+
+/// Connects over TLS, reads the session tickets the server sends after the
+/// handshake, and says whether the handshake resumed a session.
+async fn handshake(c: &TlsConnector, addr: std::net::SocketAddr) -> rustls::HandshakeKind {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tls = c
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let kind = tls.get_ref().1.handshake_kind().unwrap();
+    // The tickets come after the handshake: a request and its answer
+    // carry them in.
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = Vec::new();
+    let _ = tls.read_to_end(&mut body).await;
+    assert!(String::from_utf8_lossy(&body).starts_with("HTTP/1.1 200"));
+    kind
+}
+
+fn localhost_tls() -> String {
+    "[tls]\ncert = \"certs/localhost.pem\"\nkey = \"certs/localhost-key.pem\"".into()
+}
+
+/// Sessions resume from tickets the server does not store: a client comes
+/// back with a resumed handshake however many other clients connected
+/// meanwhile (a server that keeps sessions in a cache of its own forgets
+/// the first ones once a few hundred others came).
+#[tokio::test]
+async fn a_session_resumes_after_many_other_clients() {
+    let s = TestServer::start(config("localhost", &localhost_tls())).await;
+    let first = resuming_connector();
+    assert_eq!(
+        handshake(&first, s.addr()).await,
+        rustls::HandshakeKind::Full
+    );
+    // 400 other clients, each with two tickets.
+    let others = resuming_connector();
+    for _ in 0..50 {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (c, addr) = (connector(), s.addr());
+            set.spawn(async move { handshake(&c, addr).await });
+        }
+        while let Some(kind) = set.join_next().await {
+            assert_eq!(kind.unwrap(), rustls::HandshakeKind::Full);
+        }
+    }
+    assert_eq!(
+        handshake(&others, s.addr()).await,
+        rustls::HandshakeKind::Full
+    );
+    assert_eq!(
+        handshake(&first, s.addr()).await,
+        rustls::HandshakeKind::Resumed,
+        "the first client's session"
+    );
+    // A ticket is used once; the resumed handshake gave new ones.
+    assert_eq!(
+        handshake(&first, s.addr()).await,
+        rustls::HandshakeKind::Resumed
+    );
+}
+
+/// A reload (new certificate files) keeps the ticket keys: sessions given
+/// before it resume after it.
+#[tokio::test]
+async fn a_session_resumes_across_a_reload() {
+    let s = TestServer::start(config("localhost", &localhost_tls())).await;
+    let c = resuming_connector();
+    assert_eq!(handshake(&c, s.addr()).await, rustls::HandshakeKind::Full);
+    let ignored = s
+        .running
+        .app
+        .reload(&config("localhost", &localhost_tls()))
+        .unwrap();
+    assert!(ignored.is_empty(), "{ignored:?}");
+    assert_eq!(
+        handshake(&c, s.addr()).await,
+        rustls::HandshakeKind::Resumed
+    );
+}
