@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -162,6 +163,54 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 type Body = Full<Bytes>;
 
+/// Where TLS handshakes run: threads of their own (half the cores, at
+/// least one), not the runtime that relays frames. A handshake is a few
+/// hundred microseconds of CPU; when thousands of clients come back at
+/// once (a reconnect storm) their handshakes would fill the relaying
+/// runtime's run queue, and every frame of the calls in progress would
+/// wait behind them for as long as the storm lasts. On threads of their
+/// own they get their share of the CPUs from the kernel's scheduler, as
+/// relaying does, and a frame waits a scheduler tick at most.
+struct Handshakes {
+    handle: tokio::runtime::Handle,
+}
+
+impl Handshakes {
+    /// Starts the threads; they stop when `shutdown` is cancelled.
+    fn start(shutdown: CancellationToken) -> std::io::Result<Handshakes> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .div_ceil(2);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("wspd-tls")
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        std::thread::Builder::new()
+            .name("wspd-tls-main".into())
+            .spawn(move || {
+                rt.block_on(shutdown.cancelled());
+                rt.shutdown_background();
+            })?;
+        Ok(Handshakes { handle })
+    }
+
+    /// The server side of a TLS handshake, within `limit`; `None` when
+    /// the server stopped meanwhile.
+    async fn accept(
+        &self,
+        acceptor: TlsAcceptor,
+        tcp: TcpStream,
+        limit: Duration,
+    ) -> Option<Result<std::io::Result<TlsStream<TcpStream>>, tokio::time::error::Elapsed>> {
+        self.handle
+            .spawn(async move { tokio::time::timeout(limit, acceptor.accept(tcp)).await })
+            .await
+            .ok()
+    }
+}
+
 /// Accepts connections until the server drains; every connection task is
 /// tracked in the app's task tracker.
 pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
@@ -169,6 +218,17 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
     let tasks = app.tasks.clone();
     let slots = Arc::new(Semaphore::new(app.config.limits.max_connections));
     let per_ip = PerIp::new(app.config.limits.connections_per_ip);
+    // Without threads for them, handshakes run where everything runs.
+    let handshakes = match app.tls_acceptor() {
+        None => None,
+        Some(_) => match Handshakes::start(shutdown.clone()) {
+            Ok(h) => Some(Arc::new(h)),
+            Err(e) => {
+                warn!(error = %e, "no threads for TLS handshakes: they run with the rest");
+                None
+            }
+        },
+    };
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -205,7 +265,7 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
             _held: Arc::new((permit, ip_slot)),
         };
         let tls = app.tls_acceptor();
-        tasks.spawn(connection(app.clone(), tcp, tls, ctx));
+        tasks.spawn(connection(app.clone(), tcp, tls, handshakes.clone(), ctx));
     }
 }
 
@@ -220,14 +280,26 @@ struct ConnCtx {
     _held: Arc<(OwnedSemaphorePermit, IpSlot)>,
 }
 
-async fn connection(app: Arc<App>, tcp: TcpStream, tls: Option<TlsAcceptor>, ctx: ConnCtx) {
+async fn connection(
+    app: Arc<App>,
+    tcp: TcpStream,
+    tls: Option<TlsAcceptor>,
+    handshakes: Option<Arc<Handshakes>>,
+    ctx: ConnCtx,
+) {
     let remote = ctx.remote;
     match tls {
         None => serve_http(app, tcp, None, ctx).await,
         Some(acceptor) => {
-            let hs =
-                tokio::time::timeout(app.config.limits.handshake_timeout, acceptor.accept(tcp))
-                    .await;
+            let limit = app.config.limits.handshake_timeout;
+            let hs = match handshakes {
+                Some(h) => match h.accept(acceptor, tcp, limit).await {
+                    Some(hs) => hs,
+                    // Stopped meanwhile.
+                    None => return,
+                },
+                None => tokio::time::timeout(limit, acceptor.accept(tcp)).await,
+            };
             match hs {
                 Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) => {
                     // A CA's TLS-ALPN-01 validation: the handshake was the

@@ -182,3 +182,38 @@ async fn a_session_resumes_across_a_reload() {
         rustls::HandshakeKind::Resumed
     );
 }
+
+/// TLS handshakes run on threads of their own, which stop with the
+/// server: a drain does not wait for a client that never finishes its
+/// handshake (here for as long as `handshake_timeout`, an hour).
+#[tokio::test]
+async fn a_drain_does_not_wait_for_a_handshake_in_progress() {
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::start(config(
+        "localhost",
+        &format!(
+            "{}\n[limits]\nhandshake_timeout = \"1h\"\nshutdown_grace = \"1h\"",
+            localhost_tls()
+        ),
+    ))
+    .await;
+    // The first bytes of a ClientHello, and no more.
+    let mut stalled = TcpStream::connect(s.addr()).await.unwrap();
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x00, 0x80])
+        .await
+        .unwrap();
+    // Accepted after it (the listen queue is first in, first out): once
+    // this one is served, the stalled one is in its handshake.
+    assert_eq!(
+        handshake(&connector(), s.addr()).await,
+        rustls::HandshakeKind::Full
+    );
+    let running = s.running;
+    running.drain.start();
+    tokio::time::timeout(WAIT, running.handle)
+        .await
+        .expect("the server stops without waiting for the stalled handshake")
+        .unwrap();
+    drop(stalled);
+}
