@@ -12,6 +12,7 @@ mod cluster;
 mod load;
 mod procs;
 mod report;
+mod scale;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,9 +47,17 @@ struct Cli {
     /// Concurrent call pairs at saturation and at half load.
     #[arg(long, value_name = "N")]
     pairs: Option<usize>,
-    /// Idle connections for the memory figure and the cost-with-idle row.
+    /// Idle connections for the memory figure and the cost-with-idle row
+    /// (with `--only scale`: the largest plain step).
     #[arg(long, value_name = "N")]
     idle: Option<usize>,
+    /// `--only scale`: idle TLS connections (200,000).
+    #[arg(long, value_name = "N")]
+    scale_tls: Option<usize>,
+    /// `--only scale`: clients in the reconnect storm, among the TLS ones
+    /// (100,000).
+    #[arg(long, value_name = "N")]
+    storm: Option<usize>,
     /// Seconds of each saturation and half-load measurement.
     #[arg(long, value_name = "S")]
     seconds: Option<f64>,
@@ -95,6 +104,10 @@ enum Only {
     /// One domain on two nodes sharing a redis-server: cross-node calls
     /// against same-node calls (not part of `both`).
     Cluster,
+    /// Hundreds of thousands of idle sockets on one node: memory, idle and
+    /// keepalive CPU, TLS handshakes, a reconnect storm (not part of
+    /// `both`).
+    Scale,
 }
 
 #[derive(Subcommand)]
@@ -199,17 +212,37 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Raises the open-files limit to what the run needs, or says how.
+/// Raises the open-files limit to what the run needs, or says how. A
+/// hard limit below the need is raised too when the process may (root, or
+/// CAP_SYS_RESOURCE), up to the kernel's `fs.nr_open`.
 fn raise_nofile(needed: u64) -> anyhow::Result<u64> {
     let soft = rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
-    if soft < needed {
-        anyhow::bail!(
-            "this run needs {needed} open files per process but the hard limit is {soft}: \
-             raise it (as root: `ulimit -Hn 65536` in the shell that runs the bench, or \
-             LimitNOFILE= in a systemd unit), or pass a smaller --idle"
-        );
+    if soft >= needed {
+        return Ok(soft);
     }
-    Ok(soft)
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20);
+    if needed <= nr_open && rlimit::Resource::NOFILE.set(needed, needed).is_ok() {
+        return Ok(needed);
+    }
+    let how = if needed > nr_open {
+        format!(
+            "the kernel allows at most {nr_open} per process: as root, `sysctl -w fs.nr_open={}` \
+             first, then `ulimit -Hn {needed}`",
+            needed.next_power_of_two()
+        )
+    } else {
+        format!(
+            "raise it (as root: `ulimit -Hn {needed}` in the shell that runs the bench, or \
+             LimitNOFILE={needed} in a systemd unit)"
+        )
+    };
+    anyhow::bail!(
+        "this run needs {needed} open files per process but the hard limit is {soft}: {how}, \
+         or pass smaller numbers (--idle, --scale-tls)"
+    )
 }
 
 fn dev_ca(certs: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
@@ -227,11 +260,17 @@ fn dev_ca(certs: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
 
 async fn bench(cli: Cli) -> anyhow::Result<()> {
     let plan = Plan::new(&cli);
-    if cli.only == Only::Cluster && (cli.profile_calls.is_some() || !cli.compare.is_empty()) {
+    if matches!(cli.only, Only::Cluster | Only::Scale)
+        && (cli.profile_calls.is_some() || !cli.compare.is_empty())
+    {
         anyhow::bail!("--profile-calls and --compare measure the local and federated setups only");
     }
     procs::COUNT_SYSCALLS.store(cli.count_syscalls, std::sync::atomic::Ordering::Relaxed);
-    let needed = (plan.idle + 2 * plan.max_pairs() + 256) as u64;
+    let needed = if cli.only == Only::Scale {
+        scale::ScalePlan::new(&cli, &plan).open_files()
+    } else {
+        (plan.idle + 2 * plan.max_pairs() + 256) as u64
+    };
     let nofile = raise_nofile(needed)?;
     let dir = std::env::temp_dir().join(format!("wsp-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -264,6 +303,10 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
         if cli.only == Only::Cluster {
             let c = cluster::run_cluster(&exe, &cli, &plan, &dir, &script).await?;
             report.cluster = Some(c);
+        }
+        if cli.only == Only::Scale {
+            let s = scale::run_scale(&exe, &cli, &plan, &dir, &script).await?;
+            report.scale = Some(s);
         }
         anyhow::Ok(())
     }

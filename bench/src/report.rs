@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::load::{CALL_FRAMES, PhaseResult, Script};
 use crate::procs::ServerProc;
+use crate::scale::{Handshakes, IdleCpu, ScaleResult};
 
 /// Resident memory of idle sockets on one server.
 pub struct IdleMemory {
@@ -67,6 +68,15 @@ pub struct ClusterResult {
     /// Messages the nodes published to each other per cross-node call.
     pub messages_per_cross_call: f64,
     pub frames_verified: u64,
+}
+
+/// Hop latency percentiles of a phase, µs.
+pub fn p50_us(r: &PhaseResult) -> f64 {
+    r.rec.hop.value_at_quantile(0.5) as f64
+}
+
+pub fn p99_us(r: &PhaseResult) -> f64 {
+    r.rec.hop.value_at_quantile(0.99) as f64
 }
 
 fn p99_ms(r: &PhaseResult) -> f64 {
@@ -237,6 +247,7 @@ pub struct Report {
     pub answer_bytes: usize,
     pub modes: Vec<ModeResult>,
     pub cluster: Option<ClusterResult>,
+    pub scale: Option<ScaleResult>,
 }
 
 /// One line while the bench runs.
@@ -305,7 +316,7 @@ fn pct_text(h: &Histogram<u64>) -> String {
     )
 }
 
-fn phase_json(r: &PhaseResult, idle: usize) -> Value {
+pub fn phase_json(r: &PhaseResult, idle: usize) -> Value {
     json!({
         "pairs": r.pairs,
         "idle_connections": idle,
@@ -358,6 +369,7 @@ impl Report {
             answer_bytes: script.answer_len(),
             modes: Vec::new(),
             cluster: None,
+            scale: None,
         }
     }
 
@@ -382,6 +394,7 @@ impl Report {
     fn goals(&self) -> Vec<Goal> {
         let local = self.mode("local");
         let fed = self.mode("federated");
+        let scale = self.scale.as_ref();
         vec![
             Goal {
                 what: "local: frames relayed per server CPU-second (saturation)",
@@ -439,6 +452,33 @@ impl Report {
                 what: "cluster: added hop p99 at half of saturation",
                 target: 1000.0,
                 value: self.cluster.as_ref().map(|c| c.added_p99_ms() * 1000.0),
+                at_least: false,
+                unit: "us",
+            },
+            Goal {
+                what: "scale: keepalive CPU per 100k idle, % of one core",
+                target: 5.0,
+                value: scale
+                    .and_then(|s| s.idle.as_ref())
+                    .map(IdleCpu::keepalive_percent_per_100k),
+                at_least: false,
+                unit: "%",
+            },
+            Goal {
+                what: "scale: server CPU of a resumed / a full TLS connection",
+                target: 0.5,
+                value: scale
+                    .and_then(|s| s.handshakes.as_ref())
+                    .map(Handshakes::cost_ratio),
+                at_least: false,
+                unit: "x",
+            },
+            Goal {
+                what: "scale: hop p99 of calls during the reconnect storm",
+                target: 50_000.0,
+                value: scale
+                    .and_then(|s| s.storm.as_ref())
+                    .map(|s| p99_us(&s.calls)),
                 at_least: false,
                 unit: "us",
             },
@@ -536,6 +576,9 @@ impl Report {
         if let Some(c) = &self.cluster {
             c.table(&mut o);
         }
+        if let Some(s) = &self.scale {
+            s.table(&mut o);
+        }
         let _ = writeln!(
             o,
             "\ngoals{}:",
@@ -627,9 +670,11 @@ impl Report {
             },
             "modes": modes,
             "cluster": self.cluster.as_ref().map(ClusterResult::json),
+            "scale": self.scale.as_ref().map(ScaleResult::json),
             "check": {
                 "frames_verified": self.modes.iter().map(|m| m.frames_verified).sum::<u64>()
-                    + self.cluster.as_ref().map_or(0, |c| c.frames_verified),
+                    + self.cluster.as_ref().map_or(0, |c| c.frames_verified)
+                    + self.scale.as_ref().map_or(0, |s| s.frames_verified),
                 "lost": 0,
                 "duplicated": 0,
                 "reordered": 0,

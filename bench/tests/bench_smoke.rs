@@ -79,7 +79,7 @@ fn quick_bench_runs_clean() {
     }
     assert_eq!(v["modes"]["local"]["transport"], "ws");
     assert_eq!(v["modes"]["federated"]["transport"], "wss");
-    assert!(v["goals"].as_array().is_some_and(|g| g.len() == 7));
+    assert!(v["goals"].as_array().is_some_and(|g| g.len() == 10));
     assert!(
         v["cluster"].is_null(),
         "the cluster is measured on demand only"
@@ -139,4 +139,65 @@ fn quick_cluster_bench_runs_clean() {
     }
     // Every frame of a cross-node call crossed the nodes once.
     assert_eq!(number(&v, "/cluster/messages_per_cross_node_call"), 22.0);
+}
+
+/// `--quick --only scale`: a few hundred idle sockets in two steps over
+/// WebSocket and TLS, the keepalive at a 1 s ping, the handshakes full and
+/// resumed, and a reconnect storm of 200 clients with calls going on; a
+/// few seconds.
+#[test]
+fn quick_scale_bench_runs_clean() {
+    let json =
+        std::env::temp_dir().join(format!("wsp-bench-smoke-scale-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_wsp-bench"))
+        .args(["--quick", "--only", "scale", "--json"])
+        .arg(&json)
+        .output()
+        .expect("wsp-bench starts");
+    assert!(
+        out.status.success(),
+        "wsp-bench --quick --only scale failed\n--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&json).expect("the JSON report");
+    let _ = std::fs::remove_file(&json);
+    let v: Value = serde_json::from_str(&text).expect("the report is JSON");
+
+    assert_eq!(v["check"]["ok"], true);
+    assert!(number(&v, "/scale/frames_verified") > 0.0);
+    assert_eq!(number(&v, "/scale/idle_connections"), 400.0);
+    assert_eq!(number(&v, "/scale/tls_idle_connections"), 300.0);
+    for key in [
+        "kib_per_connection",
+        "tls_kib_per_connection",
+        "keepalive_core_percent_per_100k",
+        "storm_seconds",
+        "storm_refused",
+        "handshakes_per_cpu_second_full",
+        "handshakes_per_cpu_second_resumed",
+        "storm_hop_p99_ms",
+    ] {
+        number(&v, &format!("/scale/{key}"));
+    }
+    // The plain steps, each with the cost of a call with them, and the
+    // TLS one.
+    let steps = v["scale"]["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 3, "{steps:?}");
+    for s in &steps[..2] {
+        assert!(number(s, "/calls/calls") >= 1.0, "{s}");
+    }
+    // Every idle socket was pinged in the keepalive's window.
+    for i in v["scale"]["idle_cpu"].as_array().expect("idle_cpu") {
+        assert!(number(i, "/pings") >= number(i, "/connections"), "{i}");
+    }
+    // The server resumed every returning client's session.
+    assert_eq!(
+        number(&v, "/scale/handshakes_seen_resumed"),
+        number(&v, "/scale/handshake_clients")
+    );
+    assert_eq!(
+        number(&v, "/scale/storm_resumed"),
+        number(&v, "/scale/storm_clients")
+    );
 }
