@@ -641,6 +641,9 @@ pub struct Step {
     pub open_cpu: Duration,
     /// The cost of a call with this many idle (plain steps only).
     pub calls: Option<PhaseResult>,
+    /// The bench's own RSS growth per connection while this step opened
+    /// (its client side: how lean the load generator is).
+    pub client_kib_per_connection: f64,
 }
 
 impl Step {
@@ -662,6 +665,7 @@ impl Step {
             "opened_in_s": self.opened_in.as_secs_f64(),
             "connections_per_s": self.opened as f64 / self.opened_in.as_secs_f64().max(1e-9),
             "server_cpu_us_per_connection": self.open_us(),
+            "client_kib_per_connection": self.client_kib_per_connection,
             "calls": self.calls.as_ref().map(|r| phase_json(r, self.connections)),
         })
     }
@@ -808,7 +812,7 @@ impl ScaleResult {
         for s in self.steps.iter().chain(&self.tls_step) {
             let _ = writeln!(
                 o,
-                "  {:>7} idle {:<3}: RSS {} -> {} KiB = {:.2} KiB per connection; the last {} opened in {:.1} s ({:.0}/s, {:.0} us server CPU each)",
+                "  {:>7} idle {:<3}: RSS {} -> {} KiB = {:.2} KiB per connection; the last {} opened in {:.1} s ({:.0}/s, {:.0} us server CPU each; the bench {:.1} KiB each)",
                 s.connections,
                 s.transport,
                 s.rss_before_kib,
@@ -817,7 +821,8 @@ impl ScaleResult {
                 s.opened,
                 s.opened_in.as_secs_f64(),
                 s.opened as f64 / s.opened_in.as_secs_f64().max(1e-9),
-                s.open_us()
+                s.open_us(),
+                s.client_kib_per_connection
             );
             if let Some(r) = &s.calls {
                 let _ = writeln!(
@@ -877,6 +882,11 @@ impl ScaleResult {
             );
         }
     }
+}
+
+/// The bench's own resident memory, KiB.
+fn own_rss() -> u64 {
+    procs::rss_of("/proc/self/status").unwrap_or(0)
 }
 
 fn server_cpu(s: &ServerProc) -> Duration {
@@ -966,10 +976,12 @@ async fn plain(
         let mut open = 0;
         for &n in &sp.steps {
             let cpu0 = server_cpu(&s);
+            let own0 = own_rss();
             let t = Instant::now();
             sets.push(Clients::open(&net, open, n - open).await?);
             let opened_in = t.elapsed();
             let open_cpu = server_cpu(&s) - cpu0;
+            let client_kib_per_connection = own_rss().saturating_sub(own0) as f64 / (n - open) as f64;
             procs::settle(&pids, quiet, Duration::from_secs(20)).await;
             let rss = s.rss_kib()?;
             let mut step = Step {
@@ -981,6 +993,7 @@ async fn plain(
                 opened_in,
                 open_cpu,
                 calls: None,
+                client_kib_per_connection,
             };
             eprintln!(
                 "  {n} idle ws: RSS {rss0} -> {rss} KiB, {:.2} KiB each; {} opened in {:.1} s, {:.0} us server CPU each",
@@ -1178,6 +1191,7 @@ async fn tls(
         // Idle TLS sockets: the storm's clients, then the rest.
         let rss0 = s.rss_kib()?;
         let cpu0 = server_cpu(&s);
+        let own0 = own_rss();
         let t = Instant::now();
         let storm_set = Clients::open(&net, 0, sp.storm).await?;
         let rest_set = Clients::open(&net, sp.storm, sp.tls - sp.storm).await?;
@@ -1194,6 +1208,7 @@ async fn tls(
             opened_in,
             open_cpu,
             calls: None,
+            client_kib_per_connection: own_rss().saturating_sub(own0) as f64 / sp.tls as f64,
         };
         eprintln!(
             "  {} idle wss: RSS {rss0} -> {rss} KiB, {:.2} KiB each; opened in {:.1} s, {:.0} us server CPU each",
