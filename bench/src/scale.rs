@@ -278,6 +278,42 @@ struct Net {
     tls: Option<(TlsConnector, ServerName<'static>, Arc<Tickets>)>,
 }
 
+/// A client TLS config that prefers the cipher suites in a browser's
+/// order: AES-128-GCM with SHA-256 first (rustls prefers AES-256-GCM with
+/// SHA-384, whose key schedule costs the server more on a CPU without
+/// SHA-512 instructions), trusting the development CA.
+fn browser_like(certs: &Path) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::crypto::ring::{self, cipher_suite};
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut suites = vec![
+        cipher_suite::TLS13_AES_128_GCM_SHA256,
+        cipher_suite::TLS13_AES_256_GCM_SHA384,
+        cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    let rest: Vec<_> = ring::default_provider()
+        .cipher_suites
+        .into_iter()
+        .filter(|c| !suites.contains(c))
+        .collect();
+    suites.extend(rest);
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: suites,
+        ..ring::default_provider()
+    };
+    let ca = certs.join("ca.pem");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&ca).with_context(|| ca.display().to_string())? {
+        roots.add(c?)?;
+    }
+    Ok(
+        rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
 impl Net {
     /// Over TLS, with a ticket pool of its own.
     fn tls(
@@ -1169,8 +1205,9 @@ async fn tls(
         tls: Some(ca.clone()),
         tokens: tokens.clone(),
     };
-    let net = Net::tls(s.addr, domain, tokens.clone(), &ca, 2 * sp.tls)?;
-    let probe_net = Net::tls(s.addr, domain, tokens, &ca, 2 * sp.probe)?;
+    let browser = browser_like(&certs)?;
+    let net = Net::tls(s.addr, domain, tokens.clone(), &browser, 2 * sp.tls)?;
+    let probe_net = Net::tls(s.addr, domain, tokens, &browser, 2 * sp.probe)?;
     let pids = [s.pid];
     let quiet = Duration::from_millis(300);
     let r = async {
