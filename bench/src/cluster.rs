@@ -161,6 +161,15 @@ impl Runner<'_> {
     ) -> anyhow::Result<PhaseResult> {
         let sent0 = cluster_sent(self.targets).await?;
         let mut r = load::run_phase(pairs, self.script, spec, self.pids).await?;
+        // A node counts a message once Redis has taken it, which may be
+        // after the other node relayed it and the phase's last frame
+        // arrived: the count is read once the servers are quiet.
+        procs::settle(
+            self.pids,
+            Duration::from_millis(300),
+            Duration::from_secs(5),
+        )
+        .await;
         let sent = cluster_sent(self.targets).await? - sent0;
         // Frames are relayed by both nodes on a cross-node call, by one on
         // a same-node call (Redis passes them on, it does not read them).
@@ -175,12 +184,6 @@ impl Runner<'_> {
                 "same-node calls sent {sent} messages to the other node: the baseline is not on one node"
             );
         }
-        procs::settle(
-            self.pids,
-            Duration::from_millis(300),
-            Duration::from_secs(5),
-        )
-        .await;
         Ok(r)
     }
 }

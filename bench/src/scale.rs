@@ -159,6 +159,18 @@ impl ScalePlan {
         }
     }
 
+    /// The sizes that fit `hard_limit` open files per process: every
+    /// socket the largest step would open, less what the calls and the
+    /// servers' own files take. `(plain, tls, storm)`, in the default
+    /// run's proportions (the handshake probe, a fifth of the TLS
+    /// sockets, opens beside them; the storm is half of them).
+    pub fn fit_open_files(&self, hard_limit: u64) -> (usize, usize, usize) {
+        let overhead = 2 * self.pairs.max(STORM_PAIRS) + 1024;
+        let plain = (hard_limit as usize).saturating_sub(overhead + 256);
+        let tls = plain * 5 / 6;
+        (plain, tls, tls / 2)
+    }
+
     /// Open files the bench needs (and each server).
     pub fn open_files(&self) -> u64 {
         let most = self
@@ -803,6 +815,9 @@ pub struct ScaleResult {
     pub handshakes: Option<Handshakes>,
     pub storm: Option<Storm>,
     pub frames_verified: u64,
+    /// Set when the run was made smaller to fit the open-files limit:
+    /// `{"hard_limit", "needed"}` (see `fit_open_files`).
+    pub open_files_limited: Option<Value>,
 }
 
 impl ScaleResult {
@@ -836,6 +851,7 @@ impl ScaleResult {
             "steps": self.steps.iter().chain(&self.tls_step).map(Step::json).collect::<Vec<_>>(),
             "idle_cpu": self.idle.iter().chain(&self.tls_idle).map(IdleCpu::json).collect::<Vec<_>>(),
             "frames_verified": self.frames_verified,
+            "open_files_limited": self.open_files_limited,
         })
     }
 
@@ -946,6 +962,7 @@ pub async fn run_scale(
         handshakes: None,
         storm: None,
         frames_verified: 0,
+        open_files_limited: None,
     };
     plain(exe, cli, &sp, dir, script, &mut result).await?;
     tls(exe, cli, &sp, dir, script, &mut result).await?;
