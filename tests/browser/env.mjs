@@ -1,7 +1,7 @@
 // Test environment for the real-browser tests: a DNS server (dnsmasq), wspd
 // servers for a.test and b.test, tokens, and Debian's Chromium driven by
 // playwright-core. Everything here runs inside the network namespace that
-// run.mjs checks (loopback only); see /work/shared/design/browser-testing.md
+// run.mjs checks (loopback only); see ../shared/design/browser-testing.md (beside the repository)
 // and tests/browser/README.md.
 //
 // Every resource is registered with a Scope and released by scope.close(),
