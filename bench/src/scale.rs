@@ -969,6 +969,31 @@ pub async fn run_scale(
     Ok(result)
 }
 
+/// A first round of calls on `pairs` pairs, so that what calls allocate
+/// once is in the baseline; the pairs are then closed and the server left
+/// to go quiet. Returns the frames verified.
+async fn warm_up(
+    target: &Target,
+    pairs: usize,
+    sp: &ScalePlan,
+    script: &Arc<Script>,
+    pids: &[u32],
+) -> anyhow::Result<u64> {
+    let mut set = load::connect_pairs(0, pairs, target, target).await?;
+    let warm = PhaseSpec {
+        pairs: set.len(),
+        warm: Duration::ZERO,
+        window: sp.warm,
+        rate: None,
+    };
+    let verified = load::run_phase(&mut set, script, &warm, pids)
+        .await?
+        .frames_verified;
+    drop(set);
+    procs::settle(pids, Duration::from_millis(300), Duration::from_secs(5)).await;
+    Ok(verified)
+}
+
 fn config(domain: &str, secret: &str, sp: &ScalePlan, extra: &str) -> String {
     // base_config ends with the [limits] section: the keepalive goes there.
     format!("{}{}{extra}", crate::base_config(domain, secret), sp.limits)
@@ -1008,22 +1033,9 @@ async fn plain(
     let pids = [s.pid];
     let quiet = Duration::from_millis(300);
     let r = async {
-        // A first round of calls, so that what calls allocate once is in
-        // the baseline.
-        let mut pairs = load::connect_pairs(0, sp.pairs, &target, &target).await?;
-        let warm = PhaseSpec {
-            pairs: pairs.len(),
-            warm: Duration::ZERO,
-            window: sp.warm,
-            rate: None,
-        };
-        result.frames_verified += load::run_phase(&mut pairs, script, &warm, &pids)
-            .await?
-            .frames_verified;
         // The pairs' sockets are not read between phases, so they would not
         // answer the server's pings: each phase connects its own.
-        drop(pairs);
-        procs::settle(&pids, quiet, Duration::from_secs(5)).await;
+        result.frames_verified += warm_up(&target, sp.pairs, sp, script, &pids).await?;
         let rss0 = s.rss_kib()?;
         let mut sets: Vec<Clients> = Vec::new();
         let mut open = 0;
@@ -1228,19 +1240,8 @@ async fn tls(
     let pids = [s.pid];
     let quiet = Duration::from_millis(300);
     let r = async {
-        let mut pairs = load::connect_pairs(0, STORM_PAIRS, &target, &target).await?;
-        let warm = PhaseSpec {
-            pairs: pairs.len(),
-            warm: Duration::ZERO,
-            window: sp.warm,
-            rate: None,
-        };
-        result.frames_verified += load::run_phase(&mut pairs, script, &warm, &pids)
-            .await?
-            .frames_verified;
         // Not read until the storm: connected again then.
-        drop(pairs);
-        procs::settle(&pids, quiet, Duration::from_secs(5)).await;
+        result.frames_verified += warm_up(&target, STORM_PAIRS, sp, script, &pids).await?;
 
         // Idle TLS sockets: the storm's clients, then the rest.
         let rss0 = s.rss_kib()?;

@@ -14,24 +14,33 @@ fn number(v: &Value, path: &str) -> f64 {
         .unwrap_or_else(|| panic!("{path} is missing or not a number in {v:#}"))
 }
 
-#[test]
-fn quick_bench_runs_clean() {
-    let json = std::env::temp_dir().join(format!("wsp-bench-smoke-{}.json", std::process::id()));
+/// Runs `wsp-bench --quick` with `args` (e.g. `--only cluster`) and returns
+/// its JSON report; fails with the bench's output when it fails.
+fn run_quick(name: &str, args: &[&str]) -> Value {
+    let json =
+        std::env::temp_dir().join(format!("wsp-bench-smoke{name}-{}.json", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_wsp-bench"))
         .arg("--quick")
+        .args(args)
         .arg("--json")
         .arg(&json)
         .output()
         .expect("wsp-bench starts");
     assert!(
         out.status.success(),
-        "wsp-bench --quick failed\n--- stdout\n{}\n--- stderr\n{}",
+        "wsp-bench --quick {} failed\n--- stdout\n{}\n--- stderr\n{}",
+        args.join(" "),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     let text = std::fs::read_to_string(&json).expect("the JSON report");
     let _ = std::fs::remove_file(&json);
-    let v: Value = serde_json::from_str(&text).expect("the report is JSON");
+    serde_json::from_str(&text).expect("the report is JSON")
+}
+
+#[test]
+fn quick_bench_runs_clean() {
+    let v = run_quick("", &[]);
 
     assert_eq!(v["quick"], true);
     assert_eq!(v["check"]["ok"], true);
@@ -91,24 +100,7 @@ fn quick_bench_runs_clean() {
 /// seconds.
 #[test]
 fn quick_cluster_bench_runs_clean() {
-    let json = std::env::temp_dir().join(format!(
-        "wsp-bench-smoke-cluster-{}.json",
-        std::process::id()
-    ));
-    let out = Command::new(env!("CARGO_BIN_EXE_wsp-bench"))
-        .args(["--quick", "--only", "cluster", "--json"])
-        .arg(&json)
-        .output()
-        .expect("wsp-bench starts");
-    assert!(
-        out.status.success(),
-        "wsp-bench --quick --only cluster failed\n--- stdout\n{}\n--- stderr\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(&json).expect("the JSON report");
-    let _ = std::fs::remove_file(&json);
-    let v: Value = serde_json::from_str(&text).expect("the report is JSON");
+    let v = run_quick("-cluster", &["--only", "cluster"]);
 
     assert_eq!(v["check"]["ok"], true);
     assert!(number(&v, "/check/frames_verified") > 0.0);
@@ -147,22 +139,7 @@ fn quick_cluster_bench_runs_clean() {
 /// few seconds.
 #[test]
 fn quick_scale_bench_runs_clean() {
-    let json =
-        std::env::temp_dir().join(format!("wsp-bench-smoke-scale-{}.json", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_wsp-bench"))
-        .args(["--quick", "--only", "scale", "--json"])
-        .arg(&json)
-        .output()
-        .expect("wsp-bench starts");
-    assert!(
-        out.status.success(),
-        "wsp-bench --quick --only scale failed\n--- stdout\n{}\n--- stderr\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(&json).expect("the JSON report");
-    let _ = std::fs::remove_file(&json);
-    let v: Value = serde_json::from_str(&text).expect("the report is JSON");
+    let v = run_quick("-scale", &["--only", "scale"]);
 
     assert_eq!(v["check"]["ok"], true);
     assert!(number(&v, "/scale/frames_verified") > 0.0);
