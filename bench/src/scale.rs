@@ -994,6 +994,17 @@ async fn warm_up(
     Ok(verified)
 }
 
+/// Stops the server after a part of the run; when the part went well, the
+/// server must hold no call then.
+async fn stop_checked(r: anyhow::Result<()>, target: &Target, s: ServerProc) -> anyhow::Result<()> {
+    if r.is_ok() {
+        let active = load::metric(target, "wspd_calls_active").await?;
+        anyhow::ensure!(active == 0.0, "the server still holds {active} calls");
+    }
+    s.stop().await;
+    r
+}
+
 fn config(domain: &str, secret: &str, sp: &ScalePlan, extra: &str) -> String {
     // base_config ends with the [limits] section: the keepalive goes there.
     format!("{}{}{extra}", crate::base_config(domain, secret), sp.limits)
@@ -1093,12 +1104,7 @@ async fn plain(
         anyhow::Ok(())
     }
     .await;
-    if r.is_ok() {
-        let active = load::metric(&target, "wspd_calls_active").await?;
-        anyhow::ensure!(active == 0.0, "the server still holds {active} calls");
-    }
-    s.stop().await;
-    r
+    stop_checked(r, &target, s).await
 }
 
 /// No idle socket was ended by the server or sent anything but pings.
@@ -1398,12 +1404,7 @@ async fn tls(
         anyhow::Ok(())
     }
     .await;
-    if r.is_ok() {
-        let active = load::metric(&target, "wspd_calls_active").await?;
-        anyhow::ensure!(active == 0.0, "the server still holds {active} calls");
-    }
-    s.stop().await;
-    r
+    stop_checked(r, &target, s).await
 }
 
 #[cfg(test)]
